@@ -1,0 +1,106 @@
+"""FLAME landmarks: barycentric points on the mesh, with a jaw contour chosen by head yaw.
+
+The embedding (:class:`p3dmm.flame.assets.LandmarkEmbedding`) gives L static points (51 inner iBUG
+points 17..67 for the official file) and 79 rows of 17 contour points (iBUG 0..16), one row per
+integer yaw angle; :func:`dynamic_row` picks the row as smplx / FLAME_PyTorch / pixel3dmm do (DECA's
+variant lacks a minus sign and is not followed here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NUM_DYNAMIC_ROWS = 79
+"""Rows of the dynamic (contour) embedding: yaw 0..39 degrees, then 40..78 for yaw -1..-39."""
+
+NUM_CONTOUR = 17
+"""Contour landmarks per row (iBUG 0..16)."""
+
+_MAX_YAW_DEG = 39
+
+
+def dynamic_row(rot_mats: torch.Tensor) -> torch.Tensor:
+    """Row of the dynamic contour embedding for each item, from the global and neck rotations.
+
+    rel = R_global @ R_neck; y = round(min(-atan2(-rel[2, 0], hypot(rel[0, 0], rel[1, 0])) * 180 / pi,
+    39)) degrees; row = y if y >= 0, else 39 - y if y >= -39, else 78. A head turned by +20 degrees
+    about the model's y axis gives y = -20, row 59; -20 degrees gives row 20. Not differentiable (an
+    index).
+
+    Args:
+        rot_mats: (B, J >= 2, 3, 3) local joint rotations [global, neck, ...], or (B, 3, 3) rel.
+
+    Returns:
+        (B,) int64 rows in [0, 78], same device.
+    """
+    if not isinstance(rot_mats, torch.Tensor):
+        raise TypeError(f"rot_mats: expected a torch.Tensor, got {type(rot_mats).__name__}")
+    if rot_mats.dim() == 4 and rot_mats.shape[1] >= 2 and rot_mats.shape[2:] == (3, 3):
+        rel = rot_mats[:, 0] @ rot_mats[:, 1]
+    elif rot_mats.dim() == 3 and rot_mats.shape[1:] == (3, 3):
+        rel = rot_mats
+    else:
+        raise ValueError(
+            f"rot_mats: expected (B, J >= 2, 3, 3) joint rotations or (B, 3, 3) global @ neck, "
+            f"got {tuple(rot_mats.shape)}"
+        )
+    pitch_like = torch.atan2(-rel[:, 2, 0], torch.hypot(rel[:, 0, 0], rel[:, 1, 0]))
+    y = torch.round((-pitch_like * (180.0 / math.pi)).clamp(max=_MAX_YAW_DEG)).long()
+    negative = torch.where(y < -_MAX_YAW_DEG, torch.full_like(y, 2 * _MAX_YAW_DEG), _MAX_YAW_DEG - y)
+    return torch.where(y < 0, negative, y)
+
+
+def landmarks_from_barycentric(
+    vertices: torch.Tensor, faces: torch.Tensor, face_idx: torch.Tensor, bary: torch.Tensor
+) -> torch.Tensor:
+    """Points given by (face, barycentric coordinates): `sum_i bary[b, l, i] * v[faces[face_idx[b, l], i]]`.
+
+    Args:
+        vertices: (B, V, 3) metres.
+        faces: (F, 3) int64 vertex indices.
+        face_idx: (B, L) int64 face indices, in [0, F).
+        bary: (B, L, 3) barycentric coordinates (sum ~ 1), same dtype as vertices.
+
+    Returns:
+        (B, L, 3) points, metres, same frame as vertices.
+    """
+    batch = vertices.shape[0]
+    if face_idx.dim() != 2 or face_idx.shape[0] != batch or bary.shape != (*face_idx.shape, 3):
+        raise ValueError(
+            f"landmarks_from_barycentric: expected face_idx (B={batch}, L) and bary (B, L, 3), "
+            f"got {tuple(face_idx.shape)} and {tuple(bary.shape)}"
+        )
+    corner_idx = faces[face_idx]  # (B, L, 3)
+    batch_idx = torch.arange(batch, device=vertices.device)[:, None, None]
+    corners = vertices[batch_idx, corner_idx]  # (B, L, 3 corners, 3 coords)
+    return (bary[..., None] * corners).sum(-2)
+
+
+def landmarks_68(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    rot_mats: torch.Tensor,
+    static_faces: torch.Tensor,
+    static_bary: torch.Tensor,
+    dynamic_faces: torch.Tensor,
+    dynamic_bary: torch.Tensor,
+) -> torch.Tensor:
+    """The iBUG-68 landmarks: [contour row chosen by :func:`dynamic_row` (17), static (L = 51)].
+
+    Args:
+        vertices: (B, V, 3) posed vertices, metres.
+        faces: (F, 3) int64.
+        rot_mats: (B, J, 3, 3) local joint rotations [global, neck, ...] used to pose `vertices`.
+        static_faces: (L,) int64; static_bary: (L, 3).
+        dynamic_faces: (79, 17) int64; dynamic_bary: (79, 17, 3).
+
+    Returns:
+        (B, 17 + L, 3) landmarks, metres; (B, 68, 3) for the official embedding.
+    """
+    batch = vertices.shape[0]
+    rows = dynamic_row(rot_mats)
+    face_idx = torch.cat((dynamic_faces[rows], static_faces.expand(batch, -1)), 1)
+    bary = torch.cat((dynamic_bary[rows], static_bary.expand(batch, -1, -1)), 1).to(vertices.dtype)
+    return landmarks_from_barycentric(vertices, faces, face_idx, bary)

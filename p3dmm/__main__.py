@@ -1,0 +1,3 @@
+from p3dmm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The one `p3dmm` command line: `p3dmm <stage> <action> [--config FILE] [--key value ...]`.
+
+Every action is a plain function with keyword-only, type-hinted arguments (defaults in code). Its
+parser is built by jsonargparse from the signature and docstring, the same machinery LightningCLI
+uses, so every stage, training included, reads configs and overrides the same way:
+
+    p3dmm flame synth --config configs/flame.yaml --vertices 1500
+
+`--config` takes a YAML file; a file with one section per action of the stage (`synth:`, `preview:`)
+gives each action its section. Command-line keys override the file; unknown keys and values of the
+wrong type are refused with a message naming the key. Only the chosen action's module is imported,
+and heavy libraries load inside the action, so `p3dmm --help` stays well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# stage -> (one-line help, {action: "module:function"})
+COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
+    "flame": (
+        "FLAME model files: check real ones, write a synthetic one, preview",
+        {
+            "check": "p3dmm.commands.flame:check",
+            "synth": "p3dmm.commands.flame:synth",
+            "preview": "p3dmm.commands.flame:preview",
+        },
+    ),
+}
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2, no traceback."""
+
+
+def _summary(func: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(func) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def _load(target: str) -> Callable[..., Any]:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _top_help() -> str:
+    lines = ["usage: p3dmm <stage> <action> [--config FILE] [--key value ...]", "", "stages:"]
+    for stage, (text, actions) in COMMANDS.items():
+        lines.append(f"  {stage:<10} {text}")
+        for action, target in actions.items():
+            lines.append(f"    {action:<12} {_summary(_load(target))}")
+    lines += ["", "`p3dmm <stage> <action> --help` lists an action's options and defaults."]
+    return "\n".join(lines)
+
+
+def build_parser(stage: str, action: str, func: Callable[..., Any]):
+    """jsonargparse parser for one action, from its signature (keyword-only args -> --options)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog=f"p3dmm {stage} {action}",
+        description=inspect.getdoc(func),
+        default_meta=False,
+        exit_on_error=False,
+    )
+    parser.add_argument("--config", type=str, help="YAML file; command-line options override it")
+    parser.add_function_arguments(func, as_group=False)
+    return parser
+
+
+def _config_section(path: str, stage: str, action: str, known: set[str]) -> dict[str, Any]:
+    """Read a stage config file and return the section of `action`, refusing unknown keys."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise CommandError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise CommandError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise CommandError(f"{path}: a config must be a mapping of keys to values")
+    actions = set(COMMANDS[stage][1])
+    if data and set(data) <= actions:
+        data = data.get(action) or {}
+        where = f"{path}: {action}"
+    else:
+        where = path
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CommandError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"`p3dmm {stage} {action}` accepts: {', '.join(sorted(known))}"
+        )
+    return data
+
+
+def run_action(stage: str, action: str, argv: Sequence[str]) -> int:
+    from jsonargparse import ArgumentError
+
+    func = _load(COMMANDS[stage][1][action])
+    parser = build_parser(stage, action, func)
+    known = {a.dest for a in parser._actions if a.dest not in ("help", "config", "print_config")}
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise CommandError("--config needs a file")
+        section = _config_section(argv[i + 1], stage, action, known)
+        del argv[i : i + 2]
+        parser.set_defaults(**section)
+    try:
+        cfg = parser.parse_args(argv)
+    except ArgumentError as e:
+        raise CommandError(str(e).replace("\n", " ")) from None
+    kwargs = {k: v for k, v in vars(cfg).items() if k in known}
+    result = func(**kwargs)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from p3dmm import __version__
+
+        print(f"p3dmm {__version__}")
+        return 0
+    stage, rest = argv[0], argv[1:]
+    try:
+        if stage not in COMMANDS:
+            raise CommandError(f"unknown stage {stage!r}; choose from: {', '.join(COMMANDS)}")
+        actions = COMMANDS[stage][1]
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: p3dmm {stage} <action> ...\n\nactions:")
+            for action, target in actions.items():
+                print(f"  {action:<12} {_summary(_load(target))}")
+            return 0 if rest else 2
+        if rest[0] not in actions:
+            raise CommandError(f"unknown action {stage} {rest[0]!r}; choose from: {', '.join(actions)}")
+        return run_action(stage, rest[0], rest[1:])
+    except CommandError as e:
+        print(f"p3dmm: error: {e}", file=sys.stderr)
+        return 2
