@@ -172,7 +172,8 @@ def region_masks(head: HeadMesh) -> dict[str, np.ndarray]:
     neck = skin & ((y < a.chin[1] - 0.012) | ((y < -0.07) & (z < 0.0)))
     eye_region = {s: front & (np.abs(x - s * ex) < 0.026) & (y > ey - 0.017) & (y < ey + 0.03) for s in (1, -1)}
     nose = front & (np.abs(x) < 0.022) & (y < ey + 0.006) & (y > tip[1] - 0.022) & (z > 0.075)
-    lips = front & (np.abs(x) < a.mouth_half_width + 0.006) & (y < m + 0.015) & (y > m - 0.019) & (z > 0.07)
+    lip_y = np.where(y > m, (y - m) / 0.0125, (m - y) / 0.0165)  # upper lip thinner than the lower
+    lips = front & ((x / (a.mouth_half_width + 0.002)) ** 2 + lip_y**2 < 1.0) & (z > 0.07)
     forehead = front & (y > ey + 0.03) & (y < 0.095) & (np.abs(theta) < 45)
     face = skin & (np.abs(theta) < 84) & (y < 0.085) & ~neck & ~ear[1] & ~ear[-1]
     scalp = skin & ((y > 0.095) | ((np.abs(theta) > 100) & (y > -0.03)))

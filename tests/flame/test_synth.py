@@ -203,8 +203,10 @@ def test_rig_weights_and_joints(assets):
     assert joints[3, 0] > 0 > joints[4, 0]
 
 
-def test_default_size_works(tmp_path):
-    synth = write_synthetic_flame(tmp_path, n_vertices=5023, seed=0)
-    assert abs(synth.assets.model.num_vertices - 5023) < 100
+@pytest.mark.parametrize("n_vertices", [1000, 5023])
+def test_1k_and_default_5k_sizes_work(tmp_path, n_vertices):
+    synth = write_synthetic_flame(tmp_path, n_vertices=n_vertices, seed=0)
+    assert abs(synth.assets.model.num_vertices - n_vertices) < 0.03 * n_vertices
+    mirror_map(synth.assets.model.v_template)  # mirror-symmetric template at any size
     flame = load_flame(tmp_path)
     assert flame(pose=torch.zeros(1, 15)).vertices.shape[1] == synth.assets.model.num_vertices
