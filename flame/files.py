@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from p3dmm.flame.assets import (
     LandmarkEmbedding,
     UVLayout,
 )
+from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.legacy_pickle import (
     array_node,
     chumpy_node,
@@ -85,25 +85,6 @@ _LANDMARK_KEYS = (
 )
 
 # -- small shared helpers -----------------------------------------------------------------------
-
-
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a fresh temporary name in the same folder, then `os.replace`: never a partial file.
-
-    `os.open(..., 0o666)` lets the umask decide the permissions, as a plain `open` would.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _describe(value: object) -> str:
@@ -272,7 +253,7 @@ def write_model_pkl(path: str | os.PathLike, data: FlameModelData, *, all_arrays
         "shapedirs": chumpy_node(model.shapedirs),
         "bs_type": "lrotmin",
     }
-    _atomic_write(path, dumps({k: values[k] for k in MODEL_KEY_ORDER}, protocol=2, py2_strings=True))
+    atomic_write(path, dumps({k: values[k] for k in MODEL_KEY_ORDER}, protocol=2, py2_strings=True))
 
 
 # -- landmark embedding -------------------------------------------------------------------------
@@ -385,7 +366,7 @@ def write_landmark_embedding(path: str | os.PathLike, emb: LandmarkEmbedding) ->
         "full_lmk_bary_coords": array_node(checked.full_bary.astype(np.float32)[None]),
     }
     pickled = dumps(object_scalar_array_node(content, py2=False), protocol=3, py2_strings=False)
-    _atomic_write(path, _npy_header_object_scalar() + pickled)
+    atomic_write(path, _npy_header_object_scalar() + pickled)
 
 
 # -- masks --------------------------------------------------------------------------------------
@@ -408,7 +389,7 @@ def write_masks(path: str | os.PathLike, masks: dict[str, np.ndarray]) -> None:
     MASK_NAMES order (then any others in the given order)."""
     order = [k for k in MASK_NAMES if k in masks] + [k for k in masks if k not in MASK_NAMES]
     values = {k: array_node(_int_array(path, k, np.asarray(masks[k]), (None,))) for k in order}
-    _atomic_write(path, dumps(values, protocol=0, py2_strings=True))
+    atomic_write(path, dumps(values, protocol=0, py2_strings=True))
 
 
 # -- UV template OBJ ----------------------------------------------------------------------------
@@ -496,7 +477,7 @@ def write_uv_obj(path: str | os.PathLike, verts: np.ndarray, faces: np.ndarray, 
     lines += ["usemtl material_1", "s off"]
     lines += [f"f {a + 1}/{ta + 1} {b + 1}/{tb + 1} {c + 1}/{tc + 1}"
               for (a, b, c), (ta, tb, tc) in zip(f.tolist(), ft.tolist(), strict=True)]
-    _atomic_write(path, ("\n".join(lines) + "\n").encode("ascii"))
+    atomic_write(path, ("\n".join(lines) + "\n").encode("ascii"))
 
 
 # -- folders ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .mesh import atomic_write
+from .atomic import atomic_write
 
 _LABEL_SIZE = 11
 

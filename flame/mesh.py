@@ -12,12 +12,13 @@ can differentiate through them on the GPU; the CPU renderer calls the same funct
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import trimesh
+
+from .atomic import atomic_write
 
 MESH_SUFFIXES = (".ply", ".obj")
 _NORMAL_EPS = 1e-12
@@ -85,28 +86,6 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: face indices out of range: min {lo}, max {hi}, but there are {len(verts)} vertices"
         )
     return np.ascontiguousarray(verts), np.ascontiguousarray(faces)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, os.replace.
-
-    Readers (and a resumed batch run) see either the old file or the complete new one, never a
-    partial write. The temporary file is removed if anything fails. The folder must exist.
-    """
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_mesh(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from p3dmm.flame.assets import FlameAssets, FlameModelData, UVLayout
+from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.synth.anatomy import Anatomy
 from p3dmm.flame.synth.annotate import landmark_embedding, region_masks
 from p3dmm.flame.synth.bases import expression_basis, pose_correctives, shape_basis
@@ -83,7 +84,5 @@ def write_synthetic_flame(out: str | os.PathLike, n_vertices: int = 5023, seed: 
         "expression_names": synth.expression_names,
         "note": "Synthetic FLAME-format head: no licensed FLAME data is involved.",
     }
-    tmp = out / f".{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, out / INFO_FILE)
+    atomic_write(out / INFO_FILE, (json.dumps(info, indent=2) + "\n").encode())
     return synth

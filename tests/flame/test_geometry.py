@@ -14,6 +14,7 @@ import pytest
 import torch
 import trimesh
 
+from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.cameras import (
     Cameras,
     camera_ray_directions,
@@ -24,7 +25,7 @@ from p3dmm.flame.cameras import (
     world_to_camera,
 )
 from p3dmm.flame.grid import image_grid, save_png
-from p3dmm.flame.mesh import MeshError, atomic_write, face_normals, load_mesh, save_mesh, vertex_normals
+from p3dmm.flame.mesh import MeshError, face_normals, load_mesh, save_mesh, vertex_normals
 from p3dmm.flame.mirror import mirror_map, mirror_nearest, uv_mirror_axis
 from p3dmm.flame.render import RayCaster, interpolate, raycast, render_shaded, shade
 
