@@ -1,0 +1,123 @@
+"""Registration at scale: one Ray task per scan, results in `OUT/registered/`, a manifest, resume.
+
+This module only orchestrates: listing scans is the adapters' job (`p3dmm.pipeline.sources`), the
+maths is `p3dmm.registration.register_scan`. Output per scan: `OUT/registered/<name>.npz` with the
+registered FLAME-topology vertices (scan frame), FLAME params, metrics and the verdict;
+`OUT/manifest.jsonl` one line per finished scan; `OUT/job.json` the resolved job settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p3dmm.flame.atomic import atomic_write
+from p3dmm.pipeline.jobs import JobSummary, init_ray, run_job
+from p3dmm.pipeline.manifest import Manifest
+
+SOURCES = {
+    "nphm": "p3dmm.pipeline.sources.nphm",
+    "facescape": "p3dmm.pipeline.sources.facescape",
+    "facescape-mview": "p3dmm.pipeline.sources.facescape_mview",
+    "ava256": "p3dmm.pipeline.sources.ava256",
+    "generic": "p3dmm.pipeline.sources.generic",
+}
+
+
+@dataclass(frozen=True)
+class RegisterJob:
+    """What every task needs besides its scan record (small, shipped with each task)."""
+
+    source: str
+    root: str
+    flame_dir: str
+    out_dir: str
+    source_options: dict = field(default_factory=dict)
+    registration: dict = field(default_factory=dict)
+
+
+def adapter(source: str):
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    return importlib.import_module(SOURCES[source])
+
+
+def output_name(scan_id: str) -> str:
+    return scan_id.replace("/", "__")
+
+
+@functools.lru_cache(maxsize=4)
+def _assets(flame_dir: str):
+    """Loaded once per worker process and reused by every task it runs."""
+    from p3dmm.flame.files import load_assets
+
+    return load_assets(flame_dir)
+
+
+def register_one(payload: tuple[Any, RegisterJob]) -> dict:
+    """Ray task body: load one scan, register it, write its result atomically, return a small record."""
+    from p3dmm.flame.mesh import MeshError
+    from p3dmm.pipeline.sources.base import ScanError
+    from p3dmm.registration.config import RegistrationConfig
+    from p3dmm.registration.register import register_scan
+
+    record, job = payload
+    try:
+        scan = adapter(job.source).load_scan(record)
+    except (ScanError, MeshError) as e:
+        return {"status": "failed", "reason": str(e)}
+    reg = register_scan(scan, _assets(job.flame_dir), RegistrationConfig(**job.registration))
+    name = output_name(record.scan_id)
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        scan_id=record.scan_id,
+        vertices=np.asarray(reg.vertices, dtype=np.float64),
+        accepted=reg.accepted,
+        reason=str(reg.reason or ""),
+        params=json.dumps(reg.params, default=_jsonable),
+        metrics=json.dumps(reg.metrics, default=_jsonable),
+        record=json.dumps(asdict(record), default=_jsonable),
+    )
+    out = Path(job.out_dir) / "registered" / f"{name}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, buffer.getvalue())
+    return {
+        "status": "ok" if reg.accepted else "rejected",
+        "reason": reg.reason,
+        "metrics": {k: v for k, v in reg.metrics.items() if isinstance(v, int | float)},
+        "output": str(out.relative_to(job.out_dir)),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def run_registration(
+    job: RegisterJob,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> JobSummary:
+    """List the scans, skip the finished ones, register the rest on Ray; returns the summary."""
+    records = list(adapter(job.source).iter_records(job.root, **job.source_options))
+    if limit is not None:
+        records = records[:limit]
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "job.json", (json.dumps(asdict(job), indent=2, default=str) + "\n").encode())
+    init_ray(address, num_cpus)
+    manifest = Manifest(out / "manifest.jsonl")
+    items = [(r.scan_id, (r, job)) for r in records]
+    return run_job(items, register_one, manifest, desc=f"register {job.source}", progress=progress)
+

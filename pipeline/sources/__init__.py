@@ -1,0 +1,1 @@
+"""One adapter per dataset layout; each yields :class:`ScanRecord` and loads :class:`ScanGeometry`."""
