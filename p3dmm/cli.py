@@ -20,7 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# stage -> (one-line help, {action: "module:function"})
+# stage -> (one-line help, {action: "module:function"}); the first action listed under DEFAULT_ACTION
+# runs when options follow the stage directly (`p3dmm register --source ...`).
 COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
     "flame": (
         "FLAME model files: check real ones, write a synthetic one, preview",
@@ -30,7 +31,19 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
             "preview": "p3dmm.commands.flame:preview",
         },
     ),
+    "synth": (
+        "synthetic raw scans in each dataset's real layout, with ground truth",
+        {"scans": "p3dmm.commands.register:synth_scans"},
+    ),
+    "register": (
+        "register raw scans to FLAME topology with Ray; evaluation against ground truth",
+        {
+            "run": "p3dmm.commands.register:run",
+            "eval": "p3dmm.commands.register:evaluate",
+        },
+    ),
 }
+DEFAULT_ACTION = {"register": "run"}
 
 
 class CommandError(Exception):
@@ -143,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for action, target in actions.items():
                 print(f"  {action:<12} {_summary(_load(target))}")
             return 0 if rest else 2
+        if rest[0].startswith("-") and stage in DEFAULT_ACTION:
+            return run_action(stage, DEFAULT_ACTION[stage], rest)
         if rest[0] not in actions:
             raise CommandError(f"unknown action {stage} {rest[0]!r}; choose from: {', '.join(actions)}")
         return run_action(stage, rest[0], rest[1:])

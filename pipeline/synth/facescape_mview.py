@@ -1,0 +1,271 @@
+"""Synthetic FaceScape multi-view tuples: raw-like MVS meshes and distorted photos in an arbitrary SfM frame.
+
+Why: the real multi-view release needs a license and ~690 GB; its hard parts (unknown scale and
+orientation per tuple, noisy holey re-triangulated meshes, lens distortion, invalid views, the flat
+``params.json``, the optional ``Rt_scale_dict.json``) are what the adapter must get right, and all of
+them can be reproduced from a FLAME head whose true surface we keep.
+
+Frames (column vectors):
+    FLAME/truth frame: metres, FLAME axes. TU frame: x_tu = 1000 x_flame (mm, FLAME axes).
+    SfM frame: x_tu = R_s (s x_sfm) + t_s, with s ~ 30 (so SfM coordinates span ~0..7), R_s random.
+    Cameras in params.json: x_cam = R x_sfm + t (OpenCV axes, SfM units).
+
+Layout written (see /work/shared/datasets.md)::
+
+    <out>/fsmview_trainset/<id>/<k>_<name>.ply
+    <out>/fsmview_trainset/<id>/<k>_<name>/<view>.jpg, params.json
+    <out>/Rt_scale_dict.json                  {str(id): {str(k): [s, [[R_s | t_s]] (3x4)]}}
+    <out>/_truth/facescape-mview__<id>__<k>_<name>.npz   truth in the FLAME frame (metres_per_unit 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+from scipy.ndimage import map_coordinates
+from scipy.spatial.transform import Rotation
+
+from p3dmm.flame.assets import FlameAssets
+from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
+from p3dmm.flame.mesh import save_mesh
+from p3dmm.flame.render import render_shaded
+
+from ..synth_scans import posed_truth, sample_params, write_truth
+
+EXPRESSION_NAMES = (
+    "neutral", "smile", "mouth_stretch", "anger", "jaw_left", "jaw_right", "jaw_forward", "mouth_left",
+    "mouth_right", "dimpler", "chin_raiser", "lip_puckerer", "lip_funneler", "sadness", "lip_roll", "grin",
+    "cheek_blowing", "eye_closed", "brow_raiser", "brow_lower",
+)
+"""FaceScape's 20 expressions; tuple k (1-based) is ``f"{k}_{EXPRESSION_NAMES[k - 1]}"``."""
+
+BACKGROUND = (40, 190, 70)
+"""Photo background colour (far from any skin shade, so tests can tell foreground by colour)."""
+
+
+# -- colours ---------------------------------------------------------------------------------------
+
+
+def skin_colors(assets: FlameAssets, vertices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(V, 3) float albedo in [0, 1]: a skin tone with smooth blotches, reddish lips, white eyeballs,
+    so photos have texture for multi-view methods and lips/eyes stand out."""
+    tone = np.array([0.82, 0.62, 0.50]) * rng.uniform(0.85, 1.1)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    blotch = sum(np.sin(vertices[:, i] * 90.0 + phase[i]) for i in range(3)) / 3.0
+    colors = np.clip(tone[None] * (1.0 + 0.12 * blotch[:, None]), 0.0, 1.0)
+    masks = assets.masks
+    if "lips" in masks:
+        colors[masks["lips"]] = (0.72, 0.36, 0.36)
+    for key in ("left_eyeball", "right_eyeball"):
+        if key in masks:
+            colors[masks[key]] = (0.92, 0.92, 0.90)
+    return colors
+
+
+# -- images ------------------------------------------------------------------------------------------
+
+
+def distort_points(xy: np.ndarray, dist: Sequence[float]) -> np.ndarray:
+    """OpenCV radial-tangential model on normalised coordinates (P, 2): (k1, k2, p1, p2[, k3])."""
+    k1, k2, p1, p2 = (float(d) for d in dist[:4])
+    k3 = float(dist[4]) if len(dist) > 4 else 0.0
+    x, y = xy[:, 0], xy[:, 1]
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    return np.stack([xd, yd], axis=1)
+
+
+def undistort_points(xy_d: np.ndarray, dist: Sequence[float], iterations: int = 20) -> np.ndarray:
+    """Invert :func:`distort_points` by fixed-point iteration (enough for the small distortions here)."""
+    xy = xy_d.copy()
+    for _ in range(iterations):
+        xy = xy + (xy_d - distort_points(xy, dist))
+    return xy
+
+
+def distort_image(image: np.ndarray, K: np.ndarray, dist: Sequence[float], fill: Sequence[int]) -> np.ndarray:
+    """The photo a distorting lens gives: pixel p_d of the output samples the pinhole image at
+    undistort(p_d) (bilinear). image: (H, W, 3) uint8; K: (3, 3) pixels (pixel centres at integers)."""
+    height, width = image.shape[:2]
+    jj, ii = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    xy_d = np.stack([(jj.ravel() - K[0, 2]) / K[0, 0], (ii.ravel() - K[1, 2]) / K[1, 1]], axis=1)
+    xy = undistort_points(xy_d, dist)
+    cols = xy[:, 0] * K[0, 0] + K[0, 2]
+    rows = xy[:, 1] * K[1, 1] + K[1, 2]
+    out = np.empty_like(image)
+    for c in range(image.shape[2]):
+        sampled = map_coordinates(image[..., c].astype(np.float64), [rows, cols], order=1, cval=float(fill[c]))
+        out[..., c] = np.clip(np.rint(sampled), 0, 255).reshape(height, width).astype(np.uint8)
+    return out
+
+
+def orbit_cameras(center: np.ndarray, yaws_deg: np.ndarray, distance: float, fov_deg: float,
+                  image_size: tuple[int, int], rng: np.random.Generator) -> Cameras:
+    """float64 cameras around ``center`` (FLAME frame, metres) at the given yaws, small random pitch,
+    looking at the face (+z side); image_size is (H, W)."""
+    yaw = np.radians(yaws_deg)
+    pitch = np.radians(rng.uniform(-10, 10, len(yaw)))
+    offsets = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
+    eye = torch.as_tensor(center[None] + distance * offsets)
+    target = torch.as_tensor(np.broadcast_to(center, eye.shape).copy())
+    up = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand_as(eye)
+    R, t = look_at(eye, target, up)
+    K = intrinsics_from_fov(fov_deg, image_size, dtype=torch.float64).expand(len(yaw), 3, 3).clone()
+    return Cameras(K=K, R=R, t=t, image_size=image_size)
+
+
+# -- raw-like MVS mesh -----------------------------------------------------------------------------
+
+
+def mvs_mesh(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
+             noise_m: float = 0.0005) -> tuple[np.ndarray, np.ndarray]:
+    """A raw-looking MVS reconstruction of a head (metres in, metres out): the back of the head dropped
+    (no cameras see it), re-triangulated (two subdivisions, vertices shuffled), noisy, with holes and
+    a few clutter pieces (a backdrop patch and floating specks)."""
+    normals = trimesh.Trimesh(verts, faces, process=False).face_normals
+    faces = faces[normals[:, 2] > -0.35]
+    v, f = trimesh.remesh.subdivide(verts, faces)
+    v, f = trimesh.remesh.subdivide(v, f)
+    used = np.unique(f)
+    remap = np.full(len(v), -1)
+    order = rng.permutation(len(used))
+    remap[used[order]] = np.arange(len(used))
+    v_new = np.empty((len(used), 3))
+    v_new[remap[used]] = v[used]
+    v, f = v_new, remap[f]
+    v = v + rng.normal(0.0, noise_m, v.shape)
+    centroids = v[f].mean(axis=1)
+    keep = np.ones(len(f), bool)
+    for centre in v[rng.choice(len(v), 4, replace=False)]:
+        keep &= np.linalg.norm(centroids - centre, axis=1) > 0.012
+    f = f[keep]
+    # clutter: a backdrop patch behind the head and floating specks near it
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    gx, gy = np.meshgrid(np.linspace(lo[0] - 0.05, hi[0] + 0.05, 8), np.linspace(lo[1], hi[1], 8))
+    patch = np.stack([gx.ravel(), gy.ravel(), np.full(gx.size, lo[2] - 0.08)], axis=1)
+    idx = np.arange(64).reshape(8, 8)
+    quads = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], axis=-1).reshape(-1, 4)
+    patch_f = np.concatenate([quads[:, [0, 2, 1]], quads[:, [0, 3, 2]]])
+    specks = (lo + rng.uniform(0, 1, (5, 3)) * (hi - lo))[:, None, :] + rng.normal(0, 0.004, (5, 3, 3))
+    specks_f = np.arange(15).reshape(5, 3)
+    all_v = np.concatenate([v, patch, specks.reshape(-1, 3)])
+    all_f = np.concatenate([f, patch_f + len(v), specks_f + len(v) + len(patch)])
+    used = np.unique(all_f)
+    remap = np.full(len(all_v), -1)
+    remap[used] = np.arange(len(used))
+    return all_v[used], remap[all_f]
+
+
+def random_sfm_transform(rng: np.random.Generator, verts_mm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """(s, R_s, t_s) with x_tu = R_s (s x_sfm) + t_s, chosen so that SfM coordinates of the head lie in ~0..7."""
+    s = float(rng.uniform(27.0, 33.0))
+    rot = Rotation.random(random_state=int(rng.integers(2**31))).as_matrix()
+    # x_sfm = R_s^T (x_tu - t_s) / s; pick the SfM position of the head centre, then solve for t_s.
+    centre_sfm = rng.uniform(4.5, 5.5, 3)
+    centre_tu = verts_mm.mean(axis=0)
+    t_s = centre_tu - rot @ (s * centre_sfm)
+    return s, rot, t_s
+
+
+# -- the writer --------------------------------------------------------------------------------------
+
+
+def write_facescape_mview(
+    out: str | os.PathLike,
+    assets: FlameAssets,
+    subjects: Sequence[int],
+    expressions: Sequence[int],
+    seed: int,
+    views: int = 6,
+    image_size: tuple[int, int] = (240, 360),
+) -> list[str]:
+    """Write FaceScape multi-view tuples for ``subjects`` x ``expressions`` (1-based k) under ``out``.
+
+    Args:
+        out: root; receives ``fsmview_trainset/``, ``Rt_scale_dict.json`` and ``_truth/``.
+        assets: a FLAME model (the synthetic one in tests); truth is its posed mesh.
+        subjects: integer ids (folder names, not padded). expressions: k in 1..20.
+        seed: everything is deterministic given it.
+        views: cameras per tuple, yaw spread over ±60°; view 1 (when views > 2) is marked invalid.
+        image_size: (H, W) of the photos.
+
+    Returns:
+        The scan ids written, "facescape-mview/<id>/<k>_<name>".
+    """
+    if views < 2:
+        raise ValueError(f"write_facescape_mview: views must be >= 2, got {views}")
+    bad = [k for k in expressions if not 1 <= int(k) <= len(EXPRESSION_NAMES)]
+    if bad:
+        raise ValueError(f"write_facescape_mview: expressions must lie in 1..20 (FaceScape's k), got {bad}")
+    rng = np.random.default_rng(seed)
+    root = Path(out) / "fsmview_trainset"
+    rt_dict: dict[str, dict[str, list]] = {}
+    ids = []
+    for sid in subjects:
+        identity = sample_params(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
+        colors = skin_colors(assets, assets.model.v_template, rng)
+        for k in expressions:
+            tuple_name = f"{int(k)}_{EXPRESSION_NAMES[int(k) - 1]}"
+            params = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
+            params["shape"] = identity
+            params["translation"] = rng.uniform(-0.02, 0.02, 3) + np.array([0.0, -0.02, 0.0])
+            truth = posed_truth(assets, params)
+            scan_id = f"facescape-mview/{int(sid)}/{tuple_name}"
+            write_truth(out, scan_id, truth, 1.0, params)
+
+            raw_m, raw_f = mvs_mesh(truth, assets.model.faces, rng)
+            s, rot_s, t_s = random_sfm_transform(rng, truth * 1000.0)
+            folder = root / str(int(sid))
+            (folder / tuple_name).mkdir(parents=True, exist_ok=True)
+            save_mesh(folder / f"{tuple_name}.ply", ((raw_m * 1000.0 - t_s) @ rot_s) / s, raw_f)  # x_sfm
+            rt_dict.setdefault(str(int(sid)), {})[str(int(k))] = [
+                s, np.concatenate([rot_s, t_s[:, None]], axis=1).tolist()
+            ]
+            _write_photos(folder / tuple_name, truth, assets, colors, s, rot_s, t_s, views, image_size, rng)
+            ids.append(scan_id)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "Rt_scale_dict.json").write_text(json.dumps(rt_dict))
+    return ids
+
+
+def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: np.ndarray, s: float,
+                  rot_s: np.ndarray, t_s: np.ndarray, views: int, image_size: tuple[int, int],
+                  rng: np.random.Generator) -> None:
+    """Render ``views`` distorted photos of the truth mesh and write params.json in SfM units."""
+    centre = truth.mean(axis=0) + np.array([0.0, 0.0, 0.03])
+    yaws = np.linspace(-60.0, 60.0, views)
+    cams = orbit_cameras(centre, yaws, distance=0.7, fov_deg=26.0, image_size=image_size, rng=rng)
+    params: dict[str, object] = {}
+    for v in range(views):
+        K = cams.K[v].numpy()
+        R_c, t_c = cams.R[v].numpy(), cams.t[v].numpy()
+        dist = [rng.uniform(-0.08, 0.08), rng.uniform(-0.05, 0.05), rng.uniform(-0.002, 0.002),
+                rng.uniform(-0.002, 0.002), rng.uniform(-0.01, 0.01)]
+        image = render_shaded(truth, assets.model.faces, cams[v], colors, background=BACKGROUND)
+        image = distort_image(image, K, dist, BACKGROUND)
+        Image.fromarray(image).save(folder / f"{v}.jpg", quality=92)
+        # x_cam (metres) = R_c x_flame + t_c with x_flame = (R_s s x_sfm + t_s) / 1000; divide the camera
+        # frame by s/1000 (projection is unchanged) to get a rigid SfM camera in SfM units.
+        R = R_c @ rot_s
+        t = (R_c @ t_s / 1000.0 + t_c) * 1000.0 / s
+        K4 = np.eye(4)
+        K4[:3, :3] = K
+        params[f"{v}_K"] = K4.tolist()
+        params[f"{v}_Rt"] = np.concatenate([R, t[:, None]], axis=1).tolist()
+        params[f"{v}_distortion"] = [float(d) for d in dist]
+        params[f"{v}_width"] = int(image_size[1])
+        params[f"{v}_height"] = int(image_size[0])
+        params[f"{v}_valid"] = not (views > 2 and v == 1)
+        params[f"{v}_matches"] = int(rng.integers(500, 5000))
+        params[f"{v}_sn"] = f"{int(rng.integers(10**7, 10**8))}"
+        params[f"{v}_ori"] = 0
+    (folder / "params.json").write_text(json.dumps(params, indent=1))
