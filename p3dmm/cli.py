@@ -113,13 +113,21 @@ def _config_section(path: str, stage: str, action: str, known: set[str]) -> dict
     return data
 
 
+def _underscored(arg: str) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, sep, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + sep + value
+
+
 def run_action(stage: str, action: str, argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentError
 
     func = _load(COMMANDS[stage][1][action])
     parser = build_parser(stage, action, func)
     known = {a.dest for a in parser._actions if a.dest not in ("help", "config", "print_config")}
-    argv = list(argv)
+    # --num-cpus and --num_cpus both work: option names use underscores internally
+    argv = [_underscored(a) for a in argv]
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

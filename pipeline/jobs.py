@@ -38,17 +38,22 @@ class JobSummary:
         return out
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Local Ray by default (num_cpus caps it); an existing cluster with address ("auto" or host:port)."""
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Local Ray by default (num_cpus caps it); an existing cluster with address ("auto" or host:port).
+
+    Returns True when this call connected (the caller then shuts Ray down when done), False when Ray
+    was already initialised by the caller's program.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+    return True
 
 
 def run_job(
@@ -69,6 +74,10 @@ def run_job(
 
     todo = [(i, p) for i, p in items if not manifest.done(i, skip)]
     summary = JobSummary(total=len(items), skipped=len(items) - len(todo))
+    for item_id, _ in items:  # failures of earlier runs stay on the list until the input is fixed
+        entry = manifest.entries.get(item_id)
+        if entry is not None and entry.get("status") == "failed" and manifest.done(item_id, skip):
+            summary.failed.append((item_id, f"{entry.get('reason')} (earlier run)"))
     remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=max_retries,
                         retry_exceptions=list(TRANSIENT_ERRORS))(_guarded(task))
     limit = max_in_flight or max(2, 2 * int(ray.available_resources().get("CPU", 1)))

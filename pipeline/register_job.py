@@ -116,8 +116,14 @@ def run_registration(
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "job.json", (json.dumps(asdict(job), indent=2, default=str) + "\n").encode())
-    init_ray(address, num_cpus)
+    started = init_ray(address, num_cpus)
     manifest = Manifest(out / "manifest.jsonl")
     items = [(r.scan_id, (r, job)) for r in records]
-    return run_job(items, register_one, manifest, desc=f"register {job.source}", progress=progress)
+    try:
+        return run_job(items, register_one, manifest, desc=f"register {job.source}", progress=progress)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
 

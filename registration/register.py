@@ -109,7 +109,8 @@ def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationC
     # 1. initial similarity FLAME metres -> scan frame
     align_score = float("nan")
     if landmarks is not None and zero.landmarks is not None:
-        sim0 = align_landmarks(zero.landmarks[0].double().numpy(), landmarks, with_scale=not scan.frame_known)
+        sim0 = align_landmarks(zero.landmarks[0].double().numpy(), landmarks,
+                               with_scale=not (scan.frame_known and scan.metric))
     elif scan.frame_known:
         sim0 = identity()
     else:
@@ -130,7 +131,7 @@ def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationC
     )
 
     t1 = time.perf_counter()
-    fit = fit_flame(flame, data, fit_region, skin, config, fit_scale=config.fit_scale and not scan.frame_known)
+    fit = fit_flame(flame, data, fit_region, skin, config, fit_scale=config.fit_scale and not (scan.frame_known and scan.metric))
     times["t_fit_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()

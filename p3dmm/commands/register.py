@@ -35,7 +35,7 @@ def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subject
 
 def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, address: str | None = None,
         num_cpus: PositiveInt | None = None, limit: PositiveInt | None = None,
-        source_options: dict[str, str] | None = None, registration: dict[str, float | int | str] | None = None,
+        source_options: dict[str, str] | None = None, registration: dict[str, int | float | bool | str] | None = None,
         progress: bool = True) -> int:
     """Register every scan of a dataset to FLAME topology, one Ray task per scan; reruns skip finished scans.
 
@@ -76,6 +76,10 @@ def evaluate(*, out: Path, truth: Path) -> int:
     """
     from p3dmm.pipeline.register_eval import evaluate_registrations
 
+    if not (out / "job.json").is_file():
+        raise CommandError(f"{out}: not a `p3dmm register` output folder (no job.json)")
+    if not (truth / "_truth").is_dir():
+        raise CommandError(f"{truth}: no _truth/ folder (ground truth exists only for synthetic data)")
     result = evaluate_registrations(out, truth)
     o = result["overall"]
     print(f"{o['scans']} scans, {o['accepted']} accepted; correspondence error over the face: "

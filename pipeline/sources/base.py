@@ -70,6 +70,9 @@ class ScanGeometry:
         landmarks: (68, 3) float64 metres (iBUG order; NaN rows for missing points) or None.
         frame_known: True when the adapter put the scan in FLAME's frame (only a small residual pose
             remains); False when orientation/scale are arbitrary (registration must initialise robustly).
+        metric: True when distances are true metres. False for scale-normalised data (FaceScape TU
+            models are scaled to a mean inter-pupil distance): registration then fits a global scale
+            even when the frame is known.
         vertex_colors: (P, 3) uint8 or None. uv: optional per-face-corner UVs (F, 3, 2) for textures.
         cameras: calibrated photos, if the dataset has them.
     """
@@ -79,6 +82,7 @@ class ScanGeometry:
     faces: np.ndarray | None
     landmarks: np.ndarray | None = None
     frame_known: bool = True
+    metric: bool = True
     vertex_colors: np.ndarray | None = None
     uv: np.ndarray | None = None
     cameras: tuple[CameraView, ...] = ()

@@ -112,4 +112,5 @@ def load_scan(record: ScanRecord) -> ScanGeometry:
     landmarks = None
     if record.extra.get("landmark_indices"):
         landmarks = vertices[read_landmark_indices(record.extra["landmark_indices"], len(vertices))]
-    return ScanGeometry(record=record, vertices=vertices, faces=faces, landmarks=landmarks, frame_known=True)
+    return ScanGeometry(record=record, vertices=vertices, faces=faces, landmarks=landmarks, frame_known=True,
+                        metric=False)  # IPD-normalised, not true size

@@ -138,7 +138,7 @@ def load_scan(record: ScanRecord) -> ScanGeometry:
     if record.extra.get("params"):
         cameras = read_cameras(record.extra["params"], record.extra["image_dir"], sim)
     return ScanGeometry(record=record, vertices=verts, faces=faces, landmarks=None,
-                        frame_known=sim is not None, cameras=cameras)
+                        frame_known=sim is not None, metric=False, cameras=cameras)  # TU frame: IPD-scaled
 
 
 def read_cameras(params_path: str | os.PathLike, image_dir: str | os.PathLike,
