@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO := runs/demo
 
 .PHONY: demo test install lint clean-demo
+.SECONDARY:
 
 install: $(STAMP)
 
@@ -17,8 +18,27 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo grows stage by stage; finished stages are reused (delete runs/demo to start over).
-demo: $(STAMP) $(DEMO)/flame_preview.png
+LAYOUTS := nphm facescape facescape-mview ava256 generic
+REG_EVALS := $(foreach L,$(LAYOUTS),$(DEMO)/registered/$(L)/eval.json)
+
+demo: $(STAMP) $(DEMO)/flame_preview.png $(REG_EVALS)
 	@echo "demo: synthetic FLAME in $(DEMO)/flame, preview $(DEMO)/flame_preview.png"
+	@echo "registration QA pages: $(DEMO)/registered/<layout>/report/index.html"
+	@for L in $(LAYOUTS); do printf '%-16s ' $$L; $(BIN)/python -c "import json,sys; o=json.load(open(sys.argv[1]))['overall']; print(f\"{o['accepted']}/{o['scans']} accepted, face error median {o['median_mm']:.2f} mm, p95 {o['p95_mm']:.2f} mm\")" $(DEMO)/registered/$$L/eval.json; done
+
+# Registration stage: two synthetic scans per dataset layout, registered with Ray, evaluated vs ground truth.
+$(DEMO)/scans/%/.written: $(DEMO)/flame/generic_model.pkl
+	rm -rf $(DEMO)/scans/$*
+	$(BIN)/p3dmm synth scans --layout $* --out $(DEMO)/scans/$* --flame $(DEMO)/flame --subjects 1 --expressions 2 --seed 1
+	touch $@
+
+$(DEMO)/registered/%/eval.json: $(DEMO)/scans/%/.written
+	$(BIN)/p3dmm register --source $* --root $(DEMO)/scans/$* --flame $(DEMO)/flame --out $(DEMO)/registered/$* \
+		--num-cpus 2 $(if $(filter facescape,$*),--source_options '{"landmark_indices": "$(DEMO)/scans/facescape/landmark_indices.npz"}') \
+		$(if $(filter facescape-mview,$*),--source_options '{"rt_scale_dict": "$(DEMO)/scans/facescape-mview/Rt_scale_dict.json"}') \
+		$(if $(filter ava256,$*),--source_options '{"topology": "$(DEMO)/scans/ava256/assets/face_topology.obj"}')
+	$(BIN)/p3dmm register eval --out $(DEMO)/registered/$* --truth $(DEMO)/scans/$*
+	$(BIN)/p3dmm register report --out $(DEMO)/registered/$* --progress false
 
 $(DEMO)/flame/generic_model.pkl: configs/flame.yaml | $(STAMP)
 	$(BIN)/p3dmm flame synth --config configs/flame.yaml --out $(DEMO)/flame

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "run": "p3dmm.commands.register:run",
             "eval": "p3dmm.commands.register:evaluate",
+            "report": "p3dmm.commands.register:report",
         },
     ),
 }

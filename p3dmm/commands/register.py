@@ -1,4 +1,4 @@
-"""`p3dmm synth scans`, `p3dmm register [run]`, `p3dmm register eval`."""
+"""`p3dmm synth scans`, `p3dmm register [run]`, `p3dmm register eval`, `p3dmm register report`."""
 
 from __future__ import annotations
 
@@ -85,4 +85,22 @@ def evaluate(*, out: Path, truth: Path) -> int:
     print(f"{o['scans']} scans, {o['accepted']} accepted; correspondence error over the face: "
           f"median {o['median_mm']:.3f} mm, p95 {o['p95_mm']:.3f} mm (accepted scans); "
           f"worst accepted median {o['worst_accepted_median_mm']:.3f} mm -> {out / 'eval.json'}")
+    return 0
+
+
+def report(*, out: Path, size: PositiveInt = 256, limit: PositiveInt | None = None, progress: bool = True) -> int:
+    """Write OUT/report/index.html: per-scan overlays and error heat maps, error histogram, failures.
+
+    Args:
+        out: a `p3dmm register` output folder.
+        size: pixel size of each panel.
+        limit: render only the first N scans (the page still lists every failure).
+        progress: show a progress bar.
+    """
+    from p3dmm.pipeline.register_report import write_register_report
+
+    if not (out / "job.json").is_file():
+        raise CommandError(f"{out}: not a `p3dmm register` output folder (no job.json)")
+    page = write_register_report(out, size=size, limit=limit, progress=progress)
+    print(f"registration QA page: {page}")
     return 0

@@ -70,6 +70,15 @@ def test_register_records_failures_and_resumes(dataset, tmp_path, capsys):
     assert result["overall"]["scans"] == 2
     assert result["overall"]["accepted"] >= 1 and result["overall"]["median_mm"] < 3.0
 
+    # QA page: one picture per registered scan, the failed scans listed with their reasons
+    assert main(["register", "report", "--out", str(out), "--size", "96", "--progress", "false"]) == 0
+    page = (out / "report" / "index.html").read_text()
+    for k in good:
+        assert k in page
+        assert (out / "report" / "scans" / f"{k.replace('/', '__')}.png").stat().st_size > 1000
+    assert "generic/empty" in page and "empty.ply" in page
+    assert (out / "report" / "errors.png").stat().st_size > 1000
+
     lines_before = len((out / "manifest.jsonl").read_text().splitlines())
     assert main(argv) == 1
     assert "already finished" in capsys.readouterr().out
