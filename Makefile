@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 LAYOUTS := nphm facescape facescape-mview ava256 generic
 REG_EVALS := $(foreach L,$(LAYOUTS),$(DEMO)/registered/$(L)/eval.json)
 
-demo: $(STAMP) $(DEMO)/flame_preview.png $(REG_EVALS)
+demo: $(STAMP) $(DEMO)/flame_preview.png $(REG_EVALS) $(DEMO)/shards_preview.png
 	@echo "demo: synthetic FLAME in $(DEMO)/flame, preview $(DEMO)/flame_preview.png"
 	@echo "registration QA pages: $(DEMO)/registered/<layout>/report/index.html"
+	@echo "shards: $(DEMO)/shards (index.json), preview $(DEMO)/shards_preview.png"
 	@for L in $(LAYOUTS); do printf '%-16s ' $$L; $(BIN)/python -c "import json,sys; o=json.load(open(sys.argv[1]))['overall']; print(f\"{o['accepted']}/{o['scans']} accepted, face error median {o['median_mm']:.2f} mm, p95 {o['p95_mm']:.2f} mm\")" $(DEMO)/registered/$$L/eval.json; done
 
 # Registration stage: two synthetic scans per dataset layout, registered with Ray, evaluated vs ground truth.
@@ -39,6 +40,15 @@ $(DEMO)/registered/%/eval.json: $(DEMO)/scans/%/.written
 		$(if $(filter ava256,$*),--source_options '{"topology": "$(DEMO)/scans/ava256/assets/face_topology.obj"}')
 	$(BIN)/p3dmm register eval --out $(DEMO)/registered/$* --truth $(DEMO)/scans/$*
 	$(BIN)/p3dmm register report --out $(DEMO)/registered/$* --progress false
+
+# Shards stage: every registration rendered from random views (+ real photo views) into WebDataset shards.
+$(DEMO)/shards/index.json: $(REG_EVALS)
+	$(BIN)/p3dmm render --registered $(foreach L,$(LAYOUTS),$(DEMO)/registered/$(L)) --out $(DEMO)/shards \
+		--views 6 --photos 3 --size 256 --samples_per_shard 24 --num-cpus 2
+	$(BIN)/p3dmm shards verify $(DEMO)/shards
+
+$(DEMO)/shards_preview.png: $(DEMO)/shards/index.json
+	$(BIN)/p3dmm shards preview $(DEMO)/shards --n 12 --out $@
 
 $(DEMO)/flame/generic_model.pkl: configs/flame.yaml | $(STAMP)
 	$(BIN)/p3dmm flame synth --config configs/flame.yaml --out $(DEMO)/flame

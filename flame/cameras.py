@@ -240,12 +240,22 @@ def intrinsics_from_fov(
     return K
 
 
-def camera_ray_directions(cams: Cameras, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def camera_ray_directions(
+    cams: Cameras, index: int = 0, window: tuple[int, int, int, int] | None = None, dtype: type = np.float64,
+    normalize: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Rays through every pixel centre of camera ``index``, in world frame, for the CPU ray caster.
 
     Pixel (i, j) -> camera direction ((j - cx) / fx, (i - cy) / fy, 1) -> world R^T d, normalised.
     Computed in numpy float64 (not torch): it feeds embree on CPU workers, is not differentiated, and
     torch's intra-op threads cost ~100x more than the arithmetic for these skinny (H*W, 3) arrays.
+
+    Args:
+        window: (row0, row1, col0, col1), half-open: only the rays of that sub-image (H = row1 - row0,
+            W = col1 - col0 below); default the whole image.
+        dtype: np.float64, or np.float32 for embree (half the memory traffic).
+        normalize: False leaves the directions as R^T (x, y, 1), whose camera z is 1: the ray parameter of
+            a hit is then its depth.
 
     Returns:
         origins: (H*W, 3) float64, the camera centre repeated, world frame, metres.
@@ -258,11 +268,15 @@ def camera_ray_directions(cams: Cameras, index: int = 0) -> tuple[np.ndarray, np
     K = cams.K[index].detach().cpu().double().numpy()
     R = cams.R[index].detach().cpu().double().numpy()
     t = cams.t[index].detach().cpu().double().numpy()
-    x = (np.arange(width, dtype=np.float64) - K[0, 2]) / K[0, 0]
-    y = (np.arange(height, dtype=np.float64) - K[1, 2]) / K[1, 1]
+    centre = -R.T @ t
+    R = R.astype(dtype)
+    r0, r1, c0, c1 = window if window is not None else (0, height, 0, width)
+    x = ((np.arange(c0, c1, dtype=np.float64) - K[0, 2]) / K[0, 0]).astype(dtype)
+    y = ((np.arange(r0, r1, dtype=np.float64) - K[1, 2]) / K[1, 1]).astype(dtype)
     # R^T (x, y, 1) = x R[0] + y R[1] + R[2], broadcast over the grid (no BLAS call: its threads
     # dominate the cost of such skinny products on busy CPUs).
     dirs = (x[None, :, None] * R[0] + y[:, None, None] * R[1] + R[2]).reshape(-1, 3)
-    dirs /= np.sqrt(np.einsum("ij,ij->i", dirs, dirs))[:, None]
-    origins = np.broadcast_to(-R.T @ t, dirs.shape).copy()
+    if normalize:
+        dirs /= np.sqrt(np.einsum("ij,ij->i", dirs, dirs))[:, None]
+    origins = np.broadcast_to(centre.astype(dtype), dirs.shape).copy()
     return origins, dirs

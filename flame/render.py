@@ -1,24 +1,23 @@
-"""CPU ray casting of triangle meshes with embree (via trimesh + embreex), and simple shading.
+"""CPU ray casting of triangle meshes with embree (embreex), and simple shading.
 
 Why embree and not PyTorch3D here: the data pipeline renders many non-differentiable targets on
 cheap CPU workers, where PyTorch3D's CPU rasteriser takes seconds per view (ARCHITECTURE.md) and
-embree milliseconds (a 10k-face mesh at 256x256: ~20 ms per view on one of these cores). Embree gives
-the first face hit by each pixel-centre ray; barycentrics and depth are then recomputed in float64
-against that one triangle (Moller-Trumbore), so they are exact up to double precision rather than
-embree's float32. A test checks that the face ids agree with PyTorch3D's rasteriser for the same
-:class:`~p3dmm.flame.cameras.Cameras`, so targets rendered here match what the fitting renders.
+embree milliseconds. Embree gives the first face hit by each pixel-centre ray with its barycentrics
+and distance (float32, on a mesh shifted to its centre: ~1e-7 of its size); only rays inside the
+mesh's projected bounding box are cast. Tests check the face ids, depth, UV and normals against
+PyTorch3D's rasteriser and an analytic sphere, so targets rendered here match what the fitting renders.
 
 Images are (H, W, ...) numpy arrays; pixel (i, j) is the ray through pixel centre (u, v) = (j, i).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import trimesh
 
 from .cameras import Cameras, camera_ray_directions
 from .mesh import vertex_normals
@@ -45,7 +44,8 @@ class RayHits:
         depth: (H, W) float32 z of the hit in the camera frame, metres; inf on background.
         front_facing: (H, W) bool, True where the ray sees the outer side of a CCW face; False on
             background.
-        ray_dirs: (H, W, 3) float32 unit ray directions, world frame (for shading, grazing masks).
+        ray_dirs: (H, W, 3) float32 unit ray directions, world frame (for shading, grazing masks); zero
+            on background.
         cam_R: (3, 3) float64 world-to-camera rotation of the camera that cast the rays.
     """
 
@@ -89,79 +89,82 @@ class RayCaster:
     """
 
     def __init__(self, verts: np.ndarray, faces: np.ndarray) -> None:
-        if not trimesh.ray.has_embree:
-            raise RuntimeError("RayCaster: embree is unavailable; install embreex (pip install embreex)")
-        from trimesh.ray.ray_pyembree import RayMeshIntersector
+        try:
+            from embreex import rtcore_scene
+            from embreex.mesh_construction import TriangleMesh
+        except ImportError as e:
+            raise RuntimeError("RayCaster: embree is unavailable; install embreex (pip install embreex)") from e
 
         self.verts, self.faces = _check_mesh("RayCaster", verts, faces)
-        mesh = trimesh.Trimesh(vertices=self.verts, faces=self.faces, process=False, validate=False)
-        self._intersector = RayMeshIntersector(mesh)
-        self._tri = self.verts[self.faces]  # (F, 3, 3)
+        # embree works in float32: shift the mesh to its centre so coordinates stay small and precise
+        self._origin = self.verts.mean(axis=0)
+        self._scene = rtcore_scene.EmbreeScene()
+        TriangleMesh(scene=self._scene, vertices=(self.verts - self._origin).astype(np.float32),
+                     indices=self.faces.astype(np.int32))
+        tri = self.verts[self.faces]
+        self._face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).astype(np.float32)  # CCW out
+
+    @functools.cached_property
+    def vertex_normals(self) -> np.ndarray:
+        """(V, 3) float64 area-weighted unit vertex normals of the mesh (computed once)."""
+        return vertex_normals(torch.from_numpy(self.verts)[None], torch.from_numpy(self.faces))[0].numpy()
 
     def cast(self, camera: Cameras) -> RayHits:
-        """First hit of every pixel-centre ray of ``camera`` (a batch of one)."""
+        """First hit of every pixel-centre ray of ``camera`` (a batch of one).
+
+        Embree returns the face, the barycentrics (u, v of corners 1 and 2) and the ray distance in float32
+        (about 1e-7 of the mesh size): far below a pixel, so targets need no float64 recomputation.
+        """
         if not isinstance(camera, Cameras) or camera.batch_size != 1:
             got = camera.batch_size if isinstance(camera, Cameras) else type(camera).__name__
             raise ValueError(f"raycast: camera must be Cameras with batch size 1, got {got}; use cams[i]")
         cam = camera.to(device="cpu", dtype=torch.float64)
         height, width = cam.image_size
-        origins, dirs = camera_ray_directions(cam, 0)
-        face_id = np.asarray(self._intersector.intersects_first(origins, dirs), dtype=np.int64)
+        r0, r1, c0, c1 = self._window(cam)
+        face_id = np.full((height, width), -1, np.int64)
+        bary = np.zeros((height, width, 3), np.float32)
+        depth = np.full((height, width), np.inf, np.float32)
+        front = np.zeros((height, width), bool)
+        ray_dirs = np.zeros((height, width, 3), np.float32)
+        if r1 > r0 and c1 > c0:
+            # directions with camera z = 1: embree's ray parameter of a hit is its depth
+            origins, dirs = camera_ray_directions(cam, 0, window=(r0, r1, c0, c1), dtype=np.float32,
+                                                  normalize=False)
+            origins -= self._origin.astype(np.float32)
+            out = self._scene.run(origins, dirs, output=1)
+            ids = out["primID"]
+            hit = np.flatnonzero(out["geomID"] >= 0)
+            # flat pixel index of every window ray in the full image
+            pixel = (np.arange(r0, r1)[:, None] * width + np.arange(c0, c1)[None, :]).ravel()
+            if hit.size:
+                where = pixel[hit]
+                fid = ids[hit].astype(np.int64)
+                u, v = out["u"][hit], out["v"][hit]
+                b = np.stack([1.0 - u - v, u, v], axis=1).clip(0.0, 1.0)
+                b /= b.sum(axis=1, keepdims=True)
+                d = dirs[hit]
+                face_id.reshape(-1)[where] = fid
+                bary.reshape(-1, 3)[where] = b
+                depth.reshape(-1)[where] = out["tfar"][hit]
+                front.reshape(-1)[where] = np.einsum("ij,ij->i", self._face_normals[fid], d) < 0
+                ray_dirs.reshape(-1, 3)[where] = d / np.sqrt(np.einsum("ij,ij->i", d, d))[:, None]
+        return RayHits(face_id=face_id, bary=bary, depth=depth, front_facing=front, ray_dirs=ray_dirs,
+                       cam_R=cam.R[0].numpy().copy())
 
-        n = height * width
-        bary = np.zeros((n, 3), np.float32)
-        depth = np.full(n, np.inf, np.float32)
-        front = np.zeros(n, bool)
-        hit = np.flatnonzero(face_id >= 0)
-        if hit.size:
-            R = cam.R[0].numpy()
-            b, ray_t, facing = _intersect_triangles(self._tri[face_id[hit]], origins[hit], dirs[hit])
-            bary[hit] = b
-            # origins are the camera centre, so z_cam of the hit is ray_t times the ray's z_cam slope.
-            depth[hit] = ray_t * (dirs[hit] * R[2]).sum(axis=1)
-            front[hit] = facing
-        return RayHits(
-            face_id=face_id.reshape(height, width),
-            bary=bary.reshape(height, width, 3),
-            depth=depth.reshape(height, width),
-            front_facing=front.reshape(height, width),
-            ray_dirs=dirs.astype(np.float32).reshape(height, width, 3),
-            cam_R=cam.R[0].numpy().copy(),
-        )
-
-
-def _intersect_triangles(
-    tri: np.ndarray, origins: np.ndarray, dirs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Moller-Trumbore of N rays against their own triangle, float64.
-
-    Args:
-        tri: (N, 3, 3) triangle corners; origins, dirs: (N, 3).
-
-    Returns:
-        bary (N, 3) clipped to [0, 1] and renormalised (embree's float32 test may accept a hit a
-        hair outside an edge), ray parameter t (N,) along ``dirs``, front-facing (N,) bool.
-    """
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    e1, e2 = b - a, c - a
-    p = np.cross(dirs, e2)
-    det = np.einsum("ij,ij->i", e1, p)
-    ok = np.abs(det) > 1e-300
-    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-    s = origins - a
-    u = np.einsum("ij,ij->i", s, p) * inv
-    q = np.cross(s, e1)
-    v = np.einsum("ij,ij->i", dirs, q) * inv
-    t = np.einsum("ij,ij->i", e2, q) * inv
-    bary = np.stack([1.0 - u - v, u, v], axis=1)
-    if not ok.all():  # a ray in the triangle's plane has no defined intersection: use the centroid
-        bad = ~ok
-        bary[bad] = 1.0 / 3.0
-        t[bad] = np.einsum("ij,ij->i", tri[bad].mean(axis=1) - origins[bad], dirs[bad])
-    bary = np.clip(bary, 0.0, 1.0)
-    bary /= bary.sum(axis=1, keepdims=True)
-    # det = e1 . (d x e2) = -d . (e1 x e2): positive when the ray meets the outward (CCW) normal.
-    return bary, t, det > 0
+    def _window(self, cam: Cameras) -> tuple[int, int, int, int]:
+        """Pixel rows/cols that can see the mesh: its projected bounding box plus a pixel, when every vertex
+        is in front of the camera (a triangle projects inside its corners' hull); else the whole image.
+        Rays outside it cannot hit anything, so they are not cast (about half of a face crop)."""
+        height, width = cam.image_size
+        K, R, t = cam.K[0].numpy(), cam.R[0].numpy(), cam.t[0].numpy()
+        x = self.verts @ R.T + t
+        if (x[:, 2] <= 1e-9).any():
+            return 0, height, 0, width
+        u = x[:, 0] / x[:, 2] * K[0, 0] + K[0, 2]
+        v = x[:, 1] / x[:, 2] * K[1, 1] + K[1, 2]
+        c0, c1 = int(np.floor(u.min())) - 1, int(np.ceil(u.max())) + 2
+        r0, r1 = int(np.floor(v.min())) - 1, int(np.ceil(v.max())) + 2
+        return max(r0, 0), min(r1, height), max(c0, 0), min(c1, width)
 
 
 def raycast(verts: np.ndarray, faces: np.ndarray, camera: Cameras) -> RayHits:

@@ -43,8 +43,19 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
             "report": "p3dmm.commands.register:report",
         },
     ),
+    "render": (
+        "render multiview training samples of registered scans into WebDataset shards with Ray",
+        {"run": "p3dmm.commands.render:run"},
+    ),
+    "shards": (
+        "check and preview shard folders",
+        {"verify": "p3dmm.commands.render:verify", "preview": "p3dmm.commands.render:preview"},
+    ),
 }
-DEFAULT_ACTION = {"register": "run"}
+DEFAULT_ACTION = {"register": "run", "render": "run"}
+# actions whose first bare argument fills an option: `p3dmm shards verify DIR` == `... --shards DIR`
+POSITIONAL = {("shards", "verify"): "shards", ("shards", "preview"): "shards", ("register", "report"): "out",
+              ("register", "eval"): "out"}
 
 
 class CommandError(Exception):
@@ -121,6 +132,40 @@ def _underscored(arg: str) -> str:
     return "--" + name[2:].replace("-", "_") + sep + value
 
 
+def _list_options(func: Callable[..., Any]) -> set[str]:
+    """Names of the options typed as lists (they take several values: `--registered A B C`)."""
+    import types
+    import typing
+
+    out = set()
+    for name, hint in typing.get_type_hints(func).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        if any(typing.get_origin(a) is list for a in (typing.get_args(hint) if union else (hint,))):
+            out.add(name)
+    return out
+
+
+def _gather_lists(argv: list[str], names: set[str]) -> list[str]:
+    """`--name a b c` -> `--name ["a", "b", "c"]` for list options (a value already in [...] is kept)."""
+    import json
+
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        out.append(arg)
+        i += 1
+        if arg.startswith("--") and "=" not in arg and arg[2:] in names:
+            values = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            if len(values) == 1 and values[0].lstrip().startswith("["):
+                out.append(values[0])
+            elif values:
+                out.append(json.dumps(values))
+    return out
+
+
 def run_action(stage: str, action: str, argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentError
 
@@ -129,6 +174,9 @@ def run_action(stage: str, action: str, argv: Sequence[str]) -> int:
     known = {a.dest for a in parser._actions if a.dest not in ("help", "config", "print_config")}
     # --num-cpus and --num_cpus both work: option names use underscores internally
     argv = [_underscored(a) for a in argv]
+    if argv and not argv[0].startswith("-") and (stage, action) in POSITIONAL:
+        argv = [f"--{POSITIONAL[stage, action]}", *argv]
+    argv = _gather_lists(argv, _list_options(func))
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

@@ -350,12 +350,54 @@ def save_png(path: str | os.PathLike, image: np.ndarray, fmt: str = "PNG") -> No
     atomic_write(path, buffer.getvalue())
 
 
-def random_texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) uint8 smooth random colours: a stand-in skin texture."""
-    coarse = rng.uniform(120, 230, (4, 4, 3))
-    idx = np.linspace(0, 3, size)
-    i0 = np.floor(idx).astype(int).clip(0, 2)
-    f = (idx - i0)[:, None]
-    rows = coarse[i0] * (1 - f[..., None]) + coarse[i0 + 1] * f[..., None]  # (size, 4, 3)
-    cols = rows[:, i0] * (1 - f.T[..., None]) + rows[:, i0 + 1] * f.T[..., None]
-    return cols.clip(0, 255).astype(np.uint8)
+def skin_colors(assets: FlameAssets, vertices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(V, 3) float albedo in [0, 1]: a skin tone with smooth blotches, reddish lips, white eyeballs,
+    so photos have texture for multi-view methods and lips/eyes stand out."""
+    tone = np.array([0.82, 0.62, 0.50]) * rng.uniform(0.85, 1.1)
+    phase = rng.uniform(0, 2 * np.pi, 3)
+    blotch = sum(np.sin(vertices[:, i] * 90.0 + phase[i]) for i in range(3)) / 3.0
+    colors = np.clip(tone[None] * (1.0 + 0.12 * blotch[:, None]), 0.0, 1.0)
+    masks = assets.masks
+    if "lips" in masks:
+        colors[masks["lips"]] = (0.72, 0.36, 0.36)
+    for key in ("left_eyeball", "right_eyeball"):
+        if key in masks:
+            colors[masks[key]] = (0.92, 0.92, 0.90)
+    return colors
+
+
+HAIR_COLORS = ((0.10, 0.07, 0.05), (0.25, 0.16, 0.09), (0.55, 0.42, 0.25), (0.45, 0.20, 0.10), (0.03, 0.03, 0.03))
+
+
+def scan_albedo(assets: FlameAssets, truth: np.ndarray, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(P, 3) albedo in [0, 1] for scan points: skin (with darker brows, reddish lips) where the point lies
+    on the truth head, hair colour on the hair shell above it, a clothing colour on the torso below."""
+    from scipy.spatial import cKDTree
+
+    skin = skin_colors(assets, truth, rng)
+    if assets.landmarks is not None:
+        brows = landmarks_from_vertices(assets, truth)[17:27]
+        d_brow, _ = cKDTree(brows).query(truth)
+        skin[d_brow < 0.007] *= 0.55
+    _, nearest = cKDTree(truth).query(points)
+    colors = skin[nearest]
+    mesh = trimesh.Trimesh(truth, assets.model.faces, process=False)
+    _, distance, _ = trimesh.proximity.closest_point(mesh, points)
+    clutter = distance > 0.004  # hair shell (5-25 mm out) and torso; the head surface itself is within noise
+    below = points[:, 1] < truth[:, 1].min() + 0.005
+    colors[clutter & ~below] = HAIR_COLORS[int(rng.integers(len(HAIR_COLORS)))]
+    colors[clutter & below] = rng.uniform(0.1, 0.8, 3)
+    return colors
+
+
+def bake_texture(face_uv: np.ndarray, faces: np.ndarray, colors: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 3) uint8 texture (OBJ convention, v up) whose texels take the colour of the nearest
+    face corner in UV space: per-vertex colours turned into an image texture for the scan's own UVs."""
+    from scipy.spatial import cKDTree
+
+    corners = np.asarray(face_uv, np.float64).reshape(-1, 2)
+    corner_colors = np.asarray(colors)[np.asarray(faces).reshape(-1)]
+    centres = (np.arange(size) + 0.5) / size
+    uu, vv = np.meshgrid(centres, 1.0 - centres)
+    _, k = cKDTree(corners).query(np.stack([uu.ravel(), vv.ravel()], axis=1))
+    return np.clip(np.rint(corner_colors[k] * 255), 0, 255).astype(np.uint8).reshape(size, size, 3)

@@ -60,31 +60,42 @@ def iter_records(
             )
 
 
-def read_obj_vf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """``v`` and ``f`` of an OBJ exactly in file order (polygons fan-triangulated, ``vt`` ignored).
+def read_obj(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``v``, ``f`` and per-face-corner ``vt`` of an OBJ exactly in file order (polygons fan-triangulated).
 
     Returns:
-        (V, 3) float64 in the file's units, (F, 3) int64 0-based. Raises ScanError naming the file.
+        (V, 3) float64 in the file's units, (F, 3) int64 0-based, and (F, 3, 2) float64 UVs (OBJ
+        convention, v up) when every face has texture indices, else None. Raises ScanError naming the file.
     """
     p = Path(path)
     if not p.is_file():
         raise ScanError(f"{path}: no such file")
     try:
         text = p.read_text(encoding="utf-8", errors="replace")
-        verts, faces = [], []
+        verts, texcoords, faces, face_vt = [], [], [], []
         for line in text.splitlines():
             if line.startswith("v "):
                 verts.append([float(x) for x in line.split()[1:4]])
+            elif line.startswith("vt "):
+                texcoords.append([float(x) for x in line.split()[1:3]])
             elif line.startswith("f "):
-                idx = [int(tok.split("/")[0]) for tok in line.split()[1:]]
+                corners = [tok.split("/") for tok in line.split()[1:]]
+                idx = [int(c[0]) for c in corners]
                 idx = [i - 1 if i > 0 else len(verts) + i for i in idx]
                 faces += [(idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1)]
+                if all(len(c) > 1 and c[1] for c in corners):
+                    tdx = [int(c[1]) for c in corners]
+                    tdx = [i - 1 if i > 0 else len(texcoords) + i for i in tdx]
+                    face_vt += [(tdx[0], tdx[k], tdx[k + 1]) for k in range(1, len(tdx) - 1)]
         vertices = np.asarray(verts, dtype=np.float64).reshape(-1, 3)
+        face_uv = None
+        if texcoords and len(face_vt) == len(faces):
+            face_uv = np.asarray(texcoords, dtype=np.float64)[np.asarray(face_vt, dtype=np.int64)]
     except (OSError, ValueError, IndexError) as err:
         raise ScanError(
             f"{path}: cannot read OBJ ({type(err).__name__}: {' '.join(str(err).split())})"
         ) from err
-    return vertices, np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    return vertices, np.asarray(faces, dtype=np.int64).reshape(-1, 3), face_uv
 
 
 def read_landmark_indices(path: str | os.PathLike, n_vertices: int) -> np.ndarray:
@@ -104,8 +115,8 @@ def read_landmark_indices(path: str | os.PathLike, n_vertices: int) -> np.ndarra
 
 
 def load_scan(record: ScanRecord) -> ScanGeometry:
-    """The TU mesh in metres (mm / 1000), FLAME axes, and its 68 landmarks when an index file is set."""
-    vertices, faces = read_obj_vf(record.geometry)
+    """The TU mesh in metres (mm / 1000), FLAME axes, its UVs, and its 68 landmarks when an index file is set."""
+    vertices, faces, face_uv = read_obj(record.geometry)
     check_geometry(record.geometry, vertices, faces)
     vertices = vertices * (record.to_flame_scale if record.to_flame_scale is not None else TO_FLAME_SCALE)
     check_head_size(record.geometry, vertices)
@@ -113,4 +124,4 @@ def load_scan(record: ScanRecord) -> ScanGeometry:
     if record.extra.get("landmark_indices"):
         landmarks = vertices[read_landmark_indices(record.extra["landmark_indices"], len(vertices))]
     return ScanGeometry(record=record, vertices=vertices, faces=faces, landmarks=landmarks, frame_known=True,
-                        metric=False)  # IPD-normalised, not true size
+                        metric=False, uv=face_uv)  # IPD-normalised, not true size

@@ -39,8 +39,8 @@ from p3dmm.flame.cameras import Cameras, look_at
 from p3dmm.flame.files import write_uv_obj
 from p3dmm.flame.render import render_shaded
 
-from ..synth_scans import landmarks_from_vertices, posed_truth, sample_params, write_truth
-from .facescape_mview import distort_image, skin_colors
+from ..synth_scans import landmarks_from_vertices, posed_truth, sample_params, skin_colors, write_truth
+from .facescape_mview import distort_image
 
 CALIBRATION_SIZE = (4096, 2668)
 """(H, W) the calibration's K refers to."""

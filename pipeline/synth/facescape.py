@@ -110,7 +110,7 @@ def write_facescape(
     seed: int = 0,
     *,
     subdivisions: int = 2,
-    image_size: int = 64,
+    image_size: int = 256,
 ) -> list[str]:
     """Write a synthetic FaceScape TU dataset and its truth; returns ids ("facescape/1/1_neutral", ...).
 
@@ -161,7 +161,8 @@ def write_facescape(
             folder = out / str(sid) / "models_reg"
             write_obj(folder / f"{stem}.obj", tu * 1000.0, topo.faces, vt, ft, f"{stem}.obj.mtl")
             atomic_write(folder / f"{stem}.obj.mtl", f"newmtl material_0\nmap_Kd {stem}.jpg\n".encode())
-            ss.save_png(folder / f"{stem}.jpg", ss.random_texture(rng, image_size), fmt="JPEG")
+            albedo = ss.scan_albedo(assets, truth, (tu - offset) / scale, rng)
+            ss.save_png(folder / f"{stem}.jpg", ss.bake_texture(vt[ft], topo.faces, albedo, image_size), fmt="JPEG")
             disp = (32768 + rng.normal(0, 800, (image_size, image_size))).clip(0, 65535).astype(np.uint16)
             ss.save_png(out / str(sid) / "dpmap" / f"{stem}.png", disp)
             scan_id = f"facescape/{sid}/{stem}"

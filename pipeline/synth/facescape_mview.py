@@ -37,7 +37,8 @@ from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.render import render_shaded
 
-from ..synth_scans import posed_truth, sample_params, write_truth
+from ..photos import undistort_points
+from ..synth_scans import posed_truth, sample_params, skin_colors, write_truth
 
 EXPRESSION_NAMES = (
     "neutral", "smile", "mouth_stretch", "anger", "jaw_left", "jaw_right", "jaw_forward", "mouth_left",
@@ -53,43 +54,7 @@ BACKGROUND = (40, 190, 70)
 # -- colours ---------------------------------------------------------------------------------------
 
 
-def skin_colors(assets: FlameAssets, vertices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(V, 3) float albedo in [0, 1]: a skin tone with smooth blotches, reddish lips, white eyeballs,
-    so photos have texture for multi-view methods and lips/eyes stand out."""
-    tone = np.array([0.82, 0.62, 0.50]) * rng.uniform(0.85, 1.1)
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    blotch = sum(np.sin(vertices[:, i] * 90.0 + phase[i]) for i in range(3)) / 3.0
-    colors = np.clip(tone[None] * (1.0 + 0.12 * blotch[:, None]), 0.0, 1.0)
-    masks = assets.masks
-    if "lips" in masks:
-        colors[masks["lips"]] = (0.72, 0.36, 0.36)
-    for key in ("left_eyeball", "right_eyeball"):
-        if key in masks:
-            colors[masks[key]] = (0.92, 0.92, 0.90)
-    return colors
-
-
 # -- images ------------------------------------------------------------------------------------------
-
-
-def distort_points(xy: np.ndarray, dist: Sequence[float]) -> np.ndarray:
-    """OpenCV radial-tangential model on normalised coordinates (P, 2): (k1, k2, p1, p2[, k3])."""
-    k1, k2, p1, p2 = (float(d) for d in dist[:4])
-    k3 = float(dist[4]) if len(dist) > 4 else 0.0
-    x, y = xy[:, 0], xy[:, 1]
-    r2 = x * x + y * y
-    radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    return np.stack([xd, yd], axis=1)
-
-
-def undistort_points(xy_d: np.ndarray, dist: Sequence[float], iterations: int = 20) -> np.ndarray:
-    """Invert :func:`distort_points` by fixed-point iteration (enough for the small distortions here)."""
-    xy = xy_d.copy()
-    for _ in range(iterations):
-        xy = xy + (xy_d - distort_points(xy, dist))
-    return xy
 
 
 def distort_image(image: np.ndarray, K: np.ndarray, dist: Sequence[float], fill: Sequence[int]) -> np.ndarray:

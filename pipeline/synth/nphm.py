@@ -76,7 +76,7 @@ def write_nphm(
     seed: int = 0,
     *,
     target_faces: int = 8000,
-    texture_size: int = 64,
+    texture_size: int = 256,
 ) -> list[str]:
     """Write a synthetic NPHM dataset and its truth; returns the scan ids ("nphm/017/000", ...).
 
@@ -106,8 +106,10 @@ def write_nphm(
             truth = ss.add_detail(fit, faces, rng)
             sv, sf = ss.dense_scan(truth, faces, target_faces, rng, exclude_vertices=eyes)
             sv, sf = ss.add_clutter(sv, sf, truth, faces, assets.masks, rng)
-            write_textured_ply(folder / "scan.ply", sv * NPHM_SCALE, sf, cylinder_uv(sv, sf), "texture.png")
-            ss.save_png(folder / "texture.png", ss.random_texture(rng, texture_size))
+            face_uv = cylinder_uv(sv, sf)
+            write_textured_ply(folder / "scan.ply", sv * NPHM_SCALE, sf, face_uv, "texture.png")
+            albedo = ss.scan_albedo(assets, truth, sv, rng)
+            ss.save_png(folder / "texture.png", ss.bake_texture(face_uv, sf, albedo, texture_size))
             save_mesh(folder / "flame.ply", fit * NPHM_SCALE, faces)
             rv, rf = ss.subdivide_until(truth, faces, 2 * len(faces))
             save_mesh(folder / "registration.ply", rv * NPHM_SCALE, rf)

@@ -1,0 +1,182 @@
+"""All samples of one registered scan: rendered views and real (photo) views, encoded to shard members.
+
+Everything is expressed in the FLAME frame of the registration (the similarity found by registration
+is undone), so cameras in the metadata are metric FLAME-frame cameras like the ones fitting uses.
+The raw scan (with its texture, hair and clutter) gives the RGB of rendered views and the occlusion
+flags; the registration gives the targets.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from p3dmm.flame.cameras import Cameras
+from p3dmm.flame.render import RayCaster, interpolate
+from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.pipeline.appearance import pixel_albedo, render_photo, sample_look
+from p3dmm.pipeline.photos import face_crop_intrinsics, read_image, resample_photo
+from p3dmm.pipeline.shard_format import encode_flags, encode_sample
+from p3dmm.pipeline.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.views import ViewConfig, sample_views
+
+OCCLUSION_MARGIN_M = 0.005
+"""Scan surface this far in front of the FLAME surface (hair, hands) hides the target pixel."""
+MAX_PHOTO_YAW_DEG = 75.0
+"""Photos whose camera sees the face from further round than this are not used."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registration in the FLAME frame."""
+
+    vertices: np.ndarray  # (V, 3) float64 metres: FLAME(params) + offsets
+    params: dict
+    record: dict
+    scale: float
+    rotation: np.ndarray  # (3, 3) similarity FLAME -> scan frame
+    translation: np.ndarray  # (3,)
+    head_rotation: np.ndarray  # (3, 3) global @ neck
+
+    def to_flame(self, points: np.ndarray) -> np.ndarray:
+        """Scan-frame points -> FLAME frame (inverse of y = s x R^T + t)."""
+        return (np.asarray(points, np.float64) - self.translation) @ self.rotation / self.scale
+
+
+def load_registered(path: str) -> Registered:
+    with np.load(path) as data:
+        vertices = np.asarray(data["vertices"], np.float64)
+        params = json.loads(str(data["params"]))
+        record = json.loads(str(data["record"]))
+    scale = float(params["scale"])
+    rotation = np.asarray(params["rotation"], np.float64)
+    translation = np.asarray(params["similarity_translation"], np.float64)
+    pose = torch.tensor(params["pose"], dtype=torch.float64).reshape(5, 3)
+    head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
+    return Registered(vertices=(vertices - translation) @ rotation / scale, params=params, record=record,
+                      scale=scale, rotation=rotation, translation=translation, head_rotation=head)
+
+
+@functools.lru_cache(maxsize=2)
+def _assets(flame_dir: str):
+    from p3dmm.flame.files import load_assets
+
+    assets = load_assets(flame_dir)
+    if assets.uv is None:
+        raise ValueError(f"{flame_dir}: no UV layout (head_template.obj); UV targets need it")
+    return assets, uv_region_faces(assets)
+
+
+def _seed(global_seed: int, key: str) -> np.random.Generator:
+    from p3dmm.pipeline.render_job import stable_unit
+
+    return np.random.default_rng([global_seed, int(stable_unit("sample", key) * 2**62)])
+
+
+def _camera_meta(camera: Cameras) -> dict:
+    return {"K": camera.K[0].tolist(), "R": camera.R[0].tolist(), "t": camera.t[0].tolist(),
+            "size": list(camera.image_size)}
+
+
+def _flame_meta(params: dict) -> dict:
+    return {k: params[k] for k in ("shape", "expression", "pose", "translation")}
+
+
+def _pixel_normals(caster: RayCaster | None, hits) -> np.ndarray | None:
+    if caster is None:
+        return None
+    n = interpolate(hits, caster.vertex_normals, caster.faces)
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+
+
+def choose_photos(cameras: Sequence, reg: Registered, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Up to `count` photos that see the face, spread evenly over yaw: [(camera index, R, t) FLAME frame]."""
+    centre = reg.vertices.mean(axis=0)
+    forward = reg.head_rotation[:, 2]
+    usable = []
+    for i, cam in enumerate(cameras):
+        R = np.asarray(cam.R) @ reg.rotation  # x_cam = R x_scan + t, x_scan = s R_sim x + t_sim
+        t = (np.asarray(cam.R) @ reg.translation + np.asarray(cam.t)) / reg.scale
+        position = -R.T @ t
+        view = position - centre
+        angle = np.degrees(np.arccos(np.clip(view @ forward / np.linalg.norm(view), -1, 1)))
+        if angle <= MAX_PHOTO_YAW_DEG:
+            side = np.sign((view @ reg.head_rotation[:, 0]) or 1.0)
+            usable.append((side * angle, i, R, t))
+    usable.sort(key=lambda u: u[0])
+    if len(usable) > count:
+        picks = np.linspace(0, len(usable) - 1, count).round().astype(int)
+        usable = [usable[k] for k in picks]
+    return [(i, R, t) for _, i, R, t in usable]
+
+
+def render_scan_samples(specs: Sequence, job, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) for each spec of one scan, in order; a photo spec without a usable photo is skipped."""
+    from p3dmm.pipeline.register_job import adapter
+    from p3dmm.pipeline.sources.base import ScanRecord
+
+    config = job.config
+    size = config.size
+    assets, region_faces = _assets(job.flame_dir)
+    faces = assets.model.faces
+    reg = load_registered(specs[0].registered)
+    record = ScanRecord(**reg.record)
+    scan = adapter(specs[0].source).load_scan(record)
+    reg_caster = RayCaster(reg.vertices, faces)
+    scan_caster = RayCaster(reg.to_flame(scan.vertices), scan.faces) if scan.faces is not None else None
+    texture = read_image(record.texture) if record.texture and scan.uv is not None else None
+
+    region_v = np.unique(faces[region_faces])
+    face_points = reg.vertices[region_v]
+    centre = face_points.mean(axis=0)
+    extent = float(np.max(face_points.max(axis=0) - face_points.min(axis=0)))
+    view_config = ViewConfig(**config.view)
+    photos = choose_photos(scan.cameras, reg, config.photos) if any(s.kind == "photo" for s in specs) else []
+    base_meta = {"scan_id": record.scan_id, "dataset": record.dataset, "subject": specs[0].subject,
+                 "expression": record.expression, "flame": _flame_meta(reg.params),
+                 "head_rotation": reg.head_rotation.tolist()}
+
+    for spec in specs:
+        rng = _seed(config.seed, spec.key)
+        outside = None
+        if spec.kind == "render":
+            camera, angles = sample_views(rng, 1, centre, reg.head_rotation, extent, size, view_config)
+            extra = {"angles": angles[0].tolist()}
+        else:
+            if spec.index >= len(photos):
+                skipped.append(spec.key)
+                continue
+            index, R, t = photos[spec.index]
+            view = scan.cameras[index]
+            fill = rng.uniform(*view_config.fill)
+            K_crop = face_crop_intrinsics(np.asarray(view.K), R, t, face_points, size, fill)
+            camera = Cameras(K=torch.from_numpy(K_crop)[None], R=torch.from_numpy(R)[None],
+                             t=torch.from_numpy(t)[None], image_size=(size, size))
+            rgb, inside = resample_photo(read_image(view.image), np.asarray(view.K), view.distortion, K_crop, size)
+            outside = ~inside
+            extra = {"photo": view.image}
+        targets = render_targets(reg_caster, camera, reg.head_rotation, assets.uv.vt, assets.uv.ft, region_faces)
+        occluded = None
+        if scan_caster is not None:
+            hits = scan_caster.cast(camera)
+            occluded = hits.mask & targets.mask & (hits.depth < targets.depth - OCCLUSION_MARGIN_M)
+            if spec.kind == "render":
+                albedo = pixel_albedo(hits, scan_caster.faces, face_uv=scan.uv, texture=texture,
+                                      vertex_colors=scan.vertex_colors)
+                look = sample_look(rng)
+                rgb = render_photo(hits, _pixel_normals(scan_caster, hits), albedo, look, rng)
+                extra["look"] = look.to_dict()
+        elif spec.kind == "render":  # a point cloud: shade the registration instead
+            hits = reg_caster.cast(camera)
+            look = sample_look(rng)
+            rgb = render_photo(hits, _pixel_normals(reg_caster, hits), pixel_albedo(hits, faces), look, rng)
+            extra["look"] = look.to_dict()
+        flags = encode_flags(targets.mask, targets.face_mask, occluded, outside)
+        meta = {**base_meta, "key": spec.key, "split": spec.split, "kind": spec.kind, "index": spec.index,
+                "camera": _camera_meta(camera), **extra}
+        yield spec.key, encode_sample(spec.key, rgb, targets.normal, targets.uv, flags, targets.depth, meta)

@@ -1,0 +1,186 @@
+"""Reading, verifying and previewing shard folders (`index.json` + `*.tar`).
+
+The reader is a plain WebDataset pipeline with ``warn_and_continue``: a truncated or corrupt shard is
+reported with a warning naming it and the rest of the data is read. `verify_shards` is the strict
+counterpart for operators: every shard against the index (size, sha256, sample count) and every
+sample against the schema, naming each bad shard and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from p3dmm.pipeline.shard_format import (
+    FACE,
+    FOREGROUND,
+    OCCLUDED,
+    OUTSIDE,
+    Sample,
+    SampleError,
+    check_sample,
+    decode_sample,
+)
+
+
+def read_index(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no index.json (not a `p3dmm render` output folder)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def shard_paths(folder: str | os.PathLike, split: str | None = None) -> list[str]:
+    """Paths of the indexed shards (of one split), sorted."""
+    index = read_index(folder)
+    return [str(Path(folder) / name) for name, entry in sorted(index["shards"].items())
+            if split is None or entry["split"] == split]
+
+
+def _warn(exn: Exception) -> bool:
+    warnings.warn(f"skipping unreadable shard data: {exn}", RuntimeWarning, stacklevel=2)
+    return True
+
+
+def iter_samples(paths: list[str], depth: bool = True) -> Iterator[Sample]:
+    """Decoded samples of `paths` in order; unreadable shards and samples are skipped with a warning."""
+    import webdataset as wds
+
+    dataset = wds.WebDataset(paths, shardshuffle=False, handler=_warn, empty_check=False)
+    for members in dataset:
+        try:
+            yield decode_sample(members, depth=depth)
+        except SampleError as e:
+            _warn(ValueError(f"{members.get('__url__', '?')}: {e}"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shard(path: Path, entry: dict) -> list[str]:
+    """Problems of one shard (empty list when it is good)."""
+    if not path.is_file():
+        return [f"{path}: missing"]
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return [f"{path}: {size} bytes, index says {entry['bytes']} (truncated or rewritten)"]
+    if _sha256(path) != entry["sha256"]:
+        return [f"{path}: sha256 differs from the index (corrupt)"]
+    problems, samples = [], {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                key, _, name = member.name.partition(".")
+                samples.setdefault(key, {"__key__": key})[name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        return [f"{path}: not a readable tar ({type(e).__name__}: {e})"]
+    if len(samples) != entry["samples"]:
+        problems.append(f"{path}: {len(samples)} samples, index says {entry['samples']}")
+    for members in samples.values():
+        try:
+            sample = decode_sample(members)
+            check_sample(sample)
+            if sample.meta.get("split") != entry["split"]:
+                raise SampleError(f"{sample.key}: meta split {sample.meta.get('split')!r} in a {entry['split']} shard")
+        except SampleError as e:
+            problems.append(f"{path}: {e}")
+    return problems
+
+
+def verify_shards(folder: str | os.PathLike) -> tuple[int, int, list[str]]:
+    """(shards checked, samples checked, problems) for a shard folder."""
+    folder = Path(folder)
+    index = read_index(folder)
+    problems, n_samples = [], 0
+    for name, entry in sorted(index["shards"].items()):
+        found = verify_shard(folder / name, entry)
+        problems += found
+        if not found:
+            n_samples += entry["samples"]
+    extra = sorted(p.name for p in folder.glob("*.tar") if p.name not in index["shards"])
+    problems += [f"{folder / name}: on disk but not in index.json (unfinished run?)" for name in extra]
+    train = set(index["splits"]["train"]["subjects"])
+    both = train & set(index["splits"]["val"]["subjects"])
+    if both:
+        problems.append(f"{folder}: subjects in both splits: {', '.join(sorted(both))}")
+    return len(index["shards"]), n_samples, problems
+
+
+def normal_to_rgb(normal: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    image = np.rint((normal + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    image[~mask] = 255
+    return image
+
+
+def uv_to_rgb(uv: np.ndarray, mask: np.ndarray, stripes: int = 16) -> np.ndarray:
+    """u in red, 1 - v in green, plus thin iso-lines so misalignment is easy to see."""
+    image = np.zeros((*uv.shape[:2], 3), np.float64)
+    image[..., 0], image[..., 1] = uv[..., 0], uv[..., 1]
+    lines = (np.abs(((uv * stripes) % 1.0) - 0.5) > 0.45).any(axis=-1)
+    image[..., 2] = 0.35
+    image[lines] = 1.0
+    image = np.rint(image * 255).astype(np.uint8)
+    image[~mask] = 255
+    return image
+
+
+def flags_to_rgb(flags: np.ndarray) -> np.ndarray:
+    """Background white, foreground grey, face region green, hidden-by-clutter red, outside-photo blue."""
+    image = np.full((*flags.shape, 3), 255, np.uint8)
+    image[(flags & FOREGROUND) > 0] = (150, 150, 150)
+    image[(flags & FACE) > 0] = (70, 170, 90)
+    image[(flags & OCCLUDED) > 0] = (210, 60, 50)
+    image[(flags & OUTSIDE) > 0] = (60, 90, 200)
+    return image
+
+
+def overlay_uv_lines(rgb: np.ndarray, uv: np.ndarray, mask: np.ndarray, stripes: int = 16) -> np.ndarray:
+    """The input with the target's UV iso-lines drawn on it: shows photo/target alignment at a glance."""
+    out = rgb.copy()
+    lines = mask & (np.abs(((uv * stripes) % 1.0) - 0.5) > 0.46).any(axis=-1)
+    out[lines] = (255, 255, 0)
+    return out
+
+
+def preview_grid(samples: list[Sample]) -> np.ndarray:
+    """Rows of RGB | RGB + UV lines | normals | UV | masks, labelled with the sample key."""
+    from p3dmm.flame.grid import image_grid
+
+    images, labels = [], []
+    for s in samples:
+        fg = (s.flags & FOREGROUND) > 0
+        images += [s.rgb, overlay_uv_lines(s.rgb, s.uv, s.face_mask), normal_to_rgb(s.normal, fg),
+                   uv_to_rgb(s.uv, fg), flags_to_rgb(s.flags)]
+        labels += [f"{s.key} ({s.meta.get('kind')}, {s.meta.get('split')})", "input + target UV lines",
+                   "normals (head frame)", "UV (u, 1-v)", "mask: face / other / hidden / outside"]
+    return image_grid(images, ncols=5, labels=labels)
+
+
+def write_preview(folder: str | os.PathLike, out: str | os.PathLike, n: int = 16, seed: int = 0) -> Path:
+    """A PNG grid of `n` samples spread over the shards (a fixed random pick for a seed)."""
+    from p3dmm.flame.grid import save_png
+
+    samples = list(iter_samples(shard_paths(folder), depth=False))
+    if not samples:
+        raise ValueError(f"{folder}: no readable samples")
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(samples), min(n, len(samples)), replace=False))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(out, preview_grid([samples[i] for i in pick]))
+    return out
