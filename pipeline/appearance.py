@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
 from p3dmm.flame.render import RayHits, interpolate
@@ -78,32 +79,44 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
-def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float linear RGB: a smooth gradient plus blurred blobs, like an out-of-focus room."""
+def _upsample(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of a small (h, w, 3) float image to (size, size, 3) float32 (PIL: fast)."""
+    return np.stack([np.asarray(Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+        (size, size), Image.BILINEAR)) for c in range(image.shape[2])], axis=-1)
+
+
+def random_background(rng: np.random.Generator, size: int, low: int = 32) -> np.ndarray:
+    """(size, size, 3) float32 linear RGB: a smooth gradient plus blurred blobs, like an out-of-focus room.
+    Drawn at low x low and upsampled: it is out of focus anyway, and this keeps it cheap at 512 px."""
     coarse = srgb_to_linear(rng.uniform(0.05, 0.95, (4, 4, 3)))
-    image = zoom(coarse, (size / 4, size / 4, 1), order=1)[:size, :size]
+    image = zoom(coarse, (low / 4, low / 4, 1), order=1)[:low, :low]
+    yy, xx = np.mgrid[:low, :low]
     for _ in range(int(rng.integers(0, 6))):
-        centre = rng.uniform(0, size, 2)
-        radius = rng.uniform(0.05, 0.3) * size
-        yy, xx = np.mgrid[:size, :size]
+        centre = rng.uniform(0, low, 2)
+        radius = rng.uniform(0.05, 0.3) * low
         blob = np.exp(-(((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * radius**2)))
         image = image * (1 - 0.7 * blob[..., None]) + 0.7 * blob[..., None] * srgb_to_linear(rng.uniform(0, 1, 3))
-    return np.clip(image, 0.0, 1.0)
+    return np.clip(_upsample(image, size), 0.0, 1.0)
+
+
+def linear_texture(texture: np.ndarray) -> np.ndarray:
+    """uint8 sRGB texture image -> float32 linear RGB (convert once per scan, sample per view)."""
+    return srgb_to_linear(np.asarray(texture, np.float32)[..., :3] / 255.0).astype(np.float32)
 
 
 def pixel_albedo(hits: RayHits, faces: np.ndarray, *, face_uv: np.ndarray | None = None,
                  texture: np.ndarray | None = None, vertex_colors: np.ndarray | None = None,
                  default: tuple[float, float, float] = DEFAULT_SKIN) -> np.ndarray:
-    """(H, W, 3) linear albedo on foreground pixels: texture (per-face-corner UV, OBJ v up), else vertex
-    colours, else a flat default skin."""
+    """(H, W, 3) float32 linear albedo on foreground pixels: texture (per-face-corner UV, OBJ v up; a linear
+    float image from :func:`linear_texture`), else vertex colours (uint8 sRGB), else a flat default skin."""
     height, width = hits.face_id.shape
-    albedo = np.zeros((height, width, 3))
+    albedo = np.zeros((height, width, 3), np.float32)
     mask = hits.face_id >= 0
     if not mask.any():
         return albedo
     if texture is not None and face_uv is not None:
         uv = np.einsum("nk,nkc->nc", hits.bary[mask].astype(np.float64), face_uv[hits.face_id[mask]])
-        tex = srgb_to_linear(np.asarray(texture, np.float64)[..., :3] / 255.0)
+        tex = texture
         th, tw = tex.shape[:2]
         rows = (1.0 - uv[:, 1]) * th - 0.5
         cols = uv[:, 0] * tw - 0.5
@@ -120,23 +133,23 @@ def pixel_albedo(hits: RayHits, faces: np.ndarray, *, face_uv: np.ndarray | None
 def shade_linear(hits: RayHits, normals_world: np.ndarray, albedo: np.ndarray, look: Look) -> np.ndarray:
     """(H, W, 3) linear radiance: wrapped Lambert + Blinn-Phong per light + ambient; 0 on background."""
     mask = hits.face_id >= 0
-    out = np.zeros(albedo.shape)
+    out = np.zeros(albedo.shape, np.float32)
     if not mask.any():
         return out
-    R = hits.cam_R
-    n = normals_world[mask] @ R.T  # camera frame
-    view = -(hits.ray_dirs[mask].astype(np.float64) @ R.T)
+    R = hits.cam_R.astype(np.float32)
+    n = normals_world[mask].astype(np.float32) @ R.T  # camera frame
+    view = -(hits.ray_dirs[mask] @ R.T)
     flip = np.einsum("ij,ij->i", n, view) < 0  # back faces and silhouette artefacts face the viewer
     n[flip] *= -1.0
-    a = albedo[mask] * np.asarray(look.albedo_gain)
-    radiance = a * np.asarray(look.ambient)
+    a = albedo[mask] * np.asarray(look.albedo_gain, np.float32)
+    radiance = a * np.asarray(look.ambient, np.float32)
     for direction, color in zip(look.light_dirs, look.light_colors, strict=True):
-        light = np.asarray(direction)
+        light = np.asarray(direction, np.float32)
         cos = n @ light
         diffuse = np.clip((cos + look.wrap) / (1.0 + look.wrap), 0.0, None)
         half = _unit(light[None] + view)
         spec = look.specular * np.clip(np.einsum("ij,ij->i", n, half), 0.0, None) ** look.shininess * (cos > 0)
-        radiance += (a * diffuse[:, None] + spec[:, None]) * np.asarray(color)
+        radiance += (a * diffuse[:, None] + spec[:, None]) * np.asarray(color, np.float32)
     out[mask] = radiance
     return out
 
@@ -144,17 +157,17 @@ def shade_linear(hits: RayHits, normals_world: np.ndarray, albedo: np.ndarray, l
 def camera_response(linear: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
     """Linear RGB -> uint8 sRGB-like photo: exposure, white balance, vignette, blur, tone curve, noise."""
     height, width = linear.shape[:2]
-    image = linear * look.exposure * np.asarray(look.white_balance)
+    image = linear.astype(np.float32) * np.float32(look.exposure) * np.asarray(look.white_balance, np.float32)
     if look.vignette > 0:
-        yy, xx = np.mgrid[:height, :width]
-        r2 = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2) / (0.5 * max(height, width)) ** 2
-        image = image * (1.0 - look.vignette * r2)[..., None]
+        ry = ((np.arange(height, dtype=np.float32) - height / 2) / (0.5 * max(height, width))) ** 2
+        rx = ((np.arange(width, dtype=np.float32) - width / 2) / (0.5 * max(height, width))) ** 2
+        image *= (1.0 - np.float32(look.vignette) * (ry[:, None] + rx[None, :]))[..., None]
     if look.blur > 0:
         image = gaussian_filter(image, sigma=(look.blur, look.blur, 0))
     image = np.clip(image, 0.0, None)
     image = image / (1.0 + 0.15 * image)  # soft highlight roll-off
     image = np.clip(image, 0.0, 1.0) ** (1.0 / look.gamma)
-    image = image + rng.normal(0.0, look.noise, image.shape)
+    image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(look.noise)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -19,7 +19,7 @@ import torch
 from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.render import RayCaster, interpolate
 from p3dmm.flame.rotations import axis_angle_to_matrix
-from p3dmm.pipeline.appearance import pixel_albedo, render_photo, sample_look
+from p3dmm.pipeline.appearance import linear_texture, pixel_albedo, render_photo, sample_look
 from p3dmm.pipeline.photos import face_crop_intrinsics, read_image, resample_photo
 from p3dmm.pipeline.shard_format import encode_flags, encode_sample
 from p3dmm.pipeline.targets import render_targets, uv_region_faces
@@ -129,7 +129,7 @@ def render_scan_samples(specs: Sequence, job, skipped: list[str]) -> Iterator[tu
     scan = adapter(specs[0].source).load_scan(record)
     reg_caster = RayCaster(reg.vertices, faces)
     scan_caster = RayCaster(reg.to_flame(scan.vertices), scan.faces) if scan.faces is not None else None
-    texture = read_image(record.texture) if record.texture and scan.uv is not None else None
+    texture = linear_texture(read_image(record.texture)) if record.texture and scan.uv is not None else None
 
     region_v = np.unique(faces[region_faces])
     face_points = reg.vertices[region_v]
