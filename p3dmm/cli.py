@@ -51,11 +51,16 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         "check and preview shard folders",
         {"verify": "p3dmm.commands.render:verify", "preview": "p3dmm.commands.render:preview"},
     ),
+    "train": (
+        "train the DINOv2 normal/UV priors with Lightning (DDP, multi-node, wandb); export them",
+        {"fit": "p3dmm.commands.train:fit", "validate": "p3dmm.commands.train:validate",
+         "export": "p3dmm.commands.train:export"},
+    ),
 }
 DEFAULT_ACTION = {"register": "run", "render": "run"}
-# actions whose first bare argument fills an option: `p3dmm shards verify DIR` == `... --shards DIR`
-POSITIONAL = {("shards", "verify"): "shards", ("shards", "preview"): "shards", ("register", "report"): "out",
-              ("register", "eval"): "out"}
+# actions whose leading bare arguments fill options: `p3dmm shards verify DIR` == `... --shards DIR`
+POSITIONAL = {("shards", "verify"): ("shards",), ("shards", "preview"): ("shards",), ("register", "report"): ("out",),
+              ("register", "eval"): ("out",), ("train", "export"): ("ckpt", "out")}
 
 
 class CommandError(Exception):
@@ -166,16 +171,27 @@ def _gather_lists(argv: list[str], names: set[str]) -> list[str]:
     return out
 
 
+def _bare_to_options(argv: list[str], names: Sequence[str]) -> list[str]:
+    """Leading bare arguments fill the action's positional options in order: `export A B` -> `--ckpt A --out B`."""
+    out, rest = [], list(argv)
+    for name in names:
+        if not rest or rest[0].startswith("-"):
+            break
+        out += [f"--{name}", rest.pop(0)]
+    return out + rest
+
+
 def run_action(stage: str, action: str, argv: Sequence[str]) -> int:
     from jsonargparse import ArgumentError
 
     func = _load(COMMANDS[stage][1][action])
+    if getattr(func, "raw_argv", False):  # e.g. training: LightningCLI parses its own arguments
+        return int(func(list(argv)) or 0)
     parser = build_parser(stage, action, func)
     known = {a.dest for a in parser._actions if a.dest not in ("help", "config", "print_config")}
     # --num-cpus and --num_cpus both work: option names use underscores internally
     argv = [_underscored(a) for a in argv]
-    if argv and not argv[0].startswith("-") and (stage, action) in POSITIONAL:
-        argv = [f"--{POSITIONAL[stage, action]}", *argv]
+    argv = _bare_to_options(argv, POSITIONAL.get((stage, action), ()))
     argv = _gather_lists(argv, _list_options(func))
     if "--config" in argv:
         i = argv.index("--config")
