@@ -79,7 +79,7 @@ class SampleTransform:
             normal, uv, masks = (resize_nearest(a, self.output_size) for a in (normal, uv, masks))
         rgb = resize_rgb(np.ascontiguousarray(rgb), self.input_size)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0),
+            "image": torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0),
             "normal": torch.from_numpy(np.ascontiguousarray(normal)).permute(2, 0, 1).float(),
             "uv": torch.from_numpy(np.ascontiguousarray(uv)).permute(2, 0, 1).float(),
             "mask": torch.from_numpy(np.ascontiguousarray(masks[..., 0])).float(),

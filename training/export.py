@@ -41,7 +41,7 @@ def export_priors(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict
     config = NetworkConfig(**{**hp["network"], "outputs": tuple(hp["network"]["outputs"])})
     prefix = "net."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    meta = {"step": int(ckpt.get("global_step", 0)), "code_version": str(hp.get("code_version", "")),
+    meta = {"step": int(ckpt.get("global_step", 0)), "code_version": str(ckpt.get("code_version", "")),
             "source": str(checkpoint)}
     payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state, "meta": meta}
     buffer = io.BytesIO()

@@ -78,7 +78,7 @@ class PriorModule(L.LightningModule):
                                    "betas": list(betas), "warmup_steps": warmup_steps, "face_weight": face_weight,
                                    "other_weight": other_weight, "uv_loss_weight": uv_loss_weight,
                                    "skip_grad_norm": skip_grad_norm, "compile": compile,
-                                   "panels_every": panels_every, "code_version": code_version()})
+                                   "panels_every": panels_every})
         self.net = PriorNet(self.network_config, backbone_weights)
         self._forward = torch.compile(self.net) if compile else self.net
         self.skipped_steps = 0
@@ -88,6 +88,9 @@ class PriorModule(L.LightningModule):
         self.register_buffer("uv_hist", torch.zeros(n_sets, len(O.UV_PX_BINS) - 1, dtype=torch.float64),
                              persistent=False)
         self.register_buffer("angle_sum", torch.zeros(n_sets, dtype=torch.float64), persistent=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["code_version"] = code_version()
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._forward(image)
@@ -173,7 +176,7 @@ class PriorModule(L.LightningModule):
             if "uv" in pred and face.any():
                 err = O.uv_error_px(pred["uv"][i : i + 1], batch["uv"][i : i + 1])[0][face]
                 self.uv_hist[d] += O.histogram(err, O.UV_PX_BINS)
-        if batch_idx == 0 and self.global_rank == 0:
+        if batch_idx == 0 and self.global_rank == 0 and self.hparams.panels_every:
             self._log_panel(batch, pred, "val")
 
     def on_validation_epoch_end(self) -> None:
@@ -207,15 +210,18 @@ class PriorModule(L.LightningModule):
 
     # -- panels ------------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        # trainer.log_dir is a collective call under DDP: resolve it here, on every rank, never in rank-0 code
+        self._panel_dir = Path(self.trainer.log_dir) / "panels" if self.trainer.log_dir else None
+
     def _log_panel(self, batch: dict, pred: dict[str, torch.Tensor], stage: str) -> None:
         from p3dmm.training.panels import prediction_panel
 
         panel = prediction_panel(batch, {k: v.detach() for k, v in pred.items()})
-        log_dir = self.trainer.log_dir if self.trainer is not None else None
-        if log_dir:
+        folder = getattr(self, "_panel_dir", None)
+        if folder is not None:
             from p3dmm.flame.grid import save_png
 
-            folder = Path(log_dir) / "panels"
             os.makedirs(folder, exist_ok=True)
             save_png(folder / f"{stage}-step{self.global_step:07d}.png", panel)
         logger = self.logger
