@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 LAYOUTS := nphm facescape facescape-mview ava256 generic
 REG_EVALS := $(foreach L,$(LAYOUTS),$(DEMO)/registered/$(L)/eval.json)
 
-demo: $(STAMP) $(DEMO)/flame_preview.png $(REG_EVALS) $(DEMO)/shards_preview.png
+demo: $(STAMP) $(DEMO)/flame_preview.png $(REG_EVALS) $(DEMO)/shards_preview.png $(DEMO)/train/priors.pt
 	@echo "demo: synthetic FLAME in $(DEMO)/flame, preview $(DEMO)/flame_preview.png"
 	@echo "registration QA pages: $(DEMO)/registered/<layout>/report/index.html"
 	@echo "shards: $(DEMO)/shards (index.json), preview $(DEMO)/shards_preview.png"
+	@echo "training: $(DEMO)/train (checkpoints, panels, wandb offline run), priors $(DEMO)/train/priors.pt"
 	@for L in $(LAYOUTS); do printf '%-16s ' $$L; $(BIN)/python -c "import json,sys; o=json.load(open(sys.argv[1]))['overall']; print(f\"{o['accepted']}/{o['scans']} accepted, face error median {o['median_mm']:.2f} mm, p95 {o['p95_mm']:.2f} mm\")" $(DEMO)/registered/$$L/eval.json; done
 
 # Registration stage: two synthetic scans per dataset layout, registered with Ray, evaluated vs ground truth.
@@ -49,6 +50,13 @@ $(DEMO)/shards/index.json: $(REG_EVALS)
 
 $(DEMO)/shards_preview.png: $(DEMO)/shards/index.json
 	$(BIN)/p3dmm shards preview $(DEMO)/shards --n 12 --out $@
+
+# Training stage: the tiny network, two DDP processes (gloo), wandb offline, then the inference file.
+$(DEMO)/train/priors.pt: $(DEMO)/shards/index.json configs/train-tiny.yaml
+	rm -rf $(DEMO)/train
+	WANDB_MODE=offline HF_HUB_OFFLINE=1 $(BIN)/p3dmm train fit --config configs/train-tiny.yaml \
+		--data.shards $(DEMO)/shards --trainer.devices 2 --trainer.default_root_dir $(DEMO)/train
+	$(BIN)/p3dmm train export $(DEMO)/train/checkpoints/last.ckpt $@
 
 $(DEMO)/flame/generic_model.pkl: configs/flame.yaml | $(STAMP)
 	$(BIN)/p3dmm flame synth --config configs/flame.yaml --out $(DEMO)/flame
