@@ -71,7 +71,7 @@ def find_correspondences(uv: torch.Tensor, mask: torch.Tensor, vertex_uv: torch.
     if uv.ndim != 4 or uv.shape[1] != 2 or mask.shape != (uv.shape[0], *uv.shape[2:]):
         raise ValueError(f"find_correspondences: uv (B, 2, H, W) and mask (B, H, W), got {tuple(uv.shape)}, "
                          f"{tuple(mask.shape)}")
-    b, _, h, w = uv.shape
+    h, w = uv.shape[-2:]
     grid = grid or max(64, 2 * max(h, w))
     best, cell_uv = uv_grid_splat(uv, mask.bool(), grid)
     vcell = (vertex_uv.clamp(0, 1 - 1e-6) * grid).long()  # (V, 2)
