@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from p3dmm.fitting.correspondences import Correspondences, find_correspondences
 from p3dmm.flame.cameras import Cameras, project, to_pytorch3d
 from p3dmm.flame.mesh import vertex_normals
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.rotations import axis_angle_to_matrix
-from p3dmm.fitting.correspondences import Correspondences, find_correspondences
 
 CAMERA_DISTANCE_M = 1.0
 
@@ -40,7 +40,8 @@ class FitConfig:
         uv_gate: largest UV distance of a correspondence; pixel_gate: largest distance (fraction of the
             image side) between the matched pixel and the projected vertex (joint stage).
         normal_outlier: pixels whose mean absolute normal error exceeds this are ignored.
-        w_uv, w_normal, w_shape, w_expression, w_jaw, w_neck, w_eyes, w_symmetry, w_pp: loss weights.
+        w_uv, w_normal, w_shape, w_expression, w_jaw, w_neck, w_eyes, w_symmetry, w_pp, w_focal: loss weights
+            (w_focal: a log-normal prior on the focal length around focal_init).
         lr: Adam learning rate of the joint stage (per-parameter multipliers inside).
     """
 
@@ -62,7 +63,18 @@ class FitConfig:
     w_eyes: float = 0.01
     w_symmetry: float = 500.0
     w_pp: float = 1.0
+    w_focal: float = 1.0
     lr: float = 5e-3
+    rasterizer: str = "auto"
+
+    def backend(self, device: torch.device) -> str:
+        """"pytorch3d" (differentiable coverage, fast on GPU) or "embree" (CPU: face ids and barycentrics by
+        ray casting, ~100x faster there; gradients flow through the interpolated attributes only)."""
+        if self.rasterizer == "auto":
+            return "pytorch3d" if device.type == "cuda" else "embree"
+        if self.rasterizer not in ("pytorch3d", "embree"):
+            raise ValueError(f"FitConfig.rasterizer must be auto, pytorch3d or embree, got {self.rasterizer!r}")
+        return self.rasterizer
 
 
 @dataclass
@@ -117,7 +129,7 @@ def _resize_maps(pred: dict[str, torch.Tensor], size: int) -> dict[str, torch.Te
 
 
 def fit_batch(flame: FLAME, pred: dict[str, torch.Tensor], fit_vertices: np.ndarray, vertex_uv: np.ndarray,
-              mirror: np.ndarray, config: FitConfig = FitConfig(), pixel_mask: torch.Tensor | None = None,  # noqa: B008
+              mirror: np.ndarray, config: FitConfig = FitConfig(), pixel_mask: torch.Tensor | None = None,
               subject_index: torch.Tensor | None = None) -> FitResult:
     """Fit FLAME to a batch of predicted maps.
 
@@ -183,6 +195,8 @@ def fit_batch(flame: FLAME, pred: dict[str, torch.Tensor], fit_vertices: np.ndar
         reflected = shaped[:, mirror_t] * torch.tensor([-1.0, 1.0, 1.0], device=device)
         terms["symmetry"] = config.w_symmetry * ((shaped - reflected) ** 2).sum(-1).mean()
         terms["pp"] = config.w_pp * ((params.pp / size) ** 2).sum(-1).mean()
+        # depth, focal length and head size trade off in a single image: keep the focal near its prior
+        terms["focal"] = config.w_focal * ((params.log_focal - float(np.log(config.focal_init * size))) ** 2).mean()
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -219,19 +233,44 @@ def _initialise(params: _Params, run_flame, corr: Correspondences, fit_idx: torc
         opt.step()
 
 
+def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, backend: str
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(face ids (B, S, S) long, per-image, -1 on background; barycentrics (B, S, S, 3); depth (B, S, S), -1 on
+    background) of a batch of meshes with shared faces."""
+    batch = vertices.shape[0]
+    size = cams.image_size[0]
+    if backend == "pytorch3d":
+        from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
+        from pytorch3d.structures import Meshes
+
+        meshes = Meshes(verts=list(vertices), faces=[faces] * batch)
+        settings = RasterizationSettings(image_size=size, faces_per_pixel=1, blur_radius=0.0,
+                                         bin_size=None if vertices.is_cuda else 0)
+        frags = MeshRasterizer(cameras=to_pytorch3d(cams), raster_settings=settings)(meshes)
+        packed = frags.pix_to_face[..., 0]
+        local = torch.where(packed >= 0, packed - torch.arange(batch, device=packed.device).view(-1, 1, 1) * len(faces),
+                            packed)
+        return local, frags.bary_coords[..., 0, :], frags.zbuf[..., 0]
+    from p3dmm.flame.render import RayCaster
+
+    ids, barys, depths = [], [], []
+    faces_np = faces.cpu().numpy()
+    cams = Cameras(K=cams.K.detach().cpu(), R=cams.R.detach().cpu(), t=cams.t.detach().cpu(), image_size=cams.image_size)
+    for b in range(batch):
+        hits = RayCaster(vertices[b].detach().double().cpu().numpy(), faces_np).cast(cams[b])
+        ids.append(torch.from_numpy(hits.face_id))
+        barys.append(torch.from_numpy(hits.bary))
+        depths.append(torch.from_numpy(np.where(np.isfinite(hits.depth), hits.depth, -1.0)))
+    dev = vertices.device
+    return torch.stack(ids).to(dev), torch.stack(barys).to(dev).float(), torch.stack(depths).to(dev).float()
+
+
 def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, params: _Params,
                   pred: dict[str, torch.Tensor], pixel_mask: torch.Tensor, corr: Correspondences,
                   fit_idx: torch.Tensor, size: int, config: FitConfig) -> dict[str, torch.Tensor]:
-    from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
-    from pytorch3d.renderer.mesh.utils import interpolate_face_attributes
-    from pytorch3d.structures import Meshes
-
     batch = vertices.shape[0]
-    meshes = Meshes(verts=list(vertices), faces=[faces] * batch)
-    settings = RasterizationSettings(image_size=size, faces_per_pixel=1, blur_radius=0.0, bin_size=0)
-    frags = MeshRasterizer(cameras=to_pytorch3d(cams), raster_settings=settings)(meshes)
-    pix_to_face = frags.pix_to_face  # (B, S, S, 1), packed face ids
-    covered = pix_to_face[..., 0] >= 0
+    face_id, bary, zbuf = rasterize(vertices, faces, cams, config.backend(vertices.device))
+    covered = face_id >= 0
     terms: dict[str, torch.Tensor] = {}
 
     # normals in the head frame: undo global and neck rotation
@@ -239,9 +278,9 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     head = axis_angle_to_matrix(pose[:, :3]) @ axis_angle_to_matrix(pose[:, 3:6])
     normals = vertex_normals(vertices, faces)  # (B, V, 3)
     local = torch.einsum("bvi,bij->bvj", normals, head)  # n_head = R^T n  (row vectors: n @ R)
-    face_normals = local.reshape(-1, 3)[meshes.faces_packed()]  # (F_packed, 3, 3)
-    rendered = interpolate_face_attributes(pix_to_face, frags.bary_coords, face_normals)[..., 0, :]  # (B,S,S,3)
-    rendered = F.normalize(rendered, dim=-1)
+    corner = faces[face_id.clamp(min=0)]  # (B, S, S, 3) vertex ids
+    gathered = torch.gather(local, 1, corner.reshape(batch, -1, 1).expand(-1, -1, 3)).reshape(*corner.shape, 3)
+    rendered = F.normalize((bary[..., None] * gathered).sum(-2), dim=-1)  # (B, S, S, 3)
     target = pred["normal"].permute(0, 2, 3, 1)
     err = (rendered - target).abs()
     use = covered & pixel_mask & (err.mean(-1) < config.normal_outlier)
@@ -249,7 +288,6 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
 
     # UV -> 2D vertex, on correspondences gated by pixel distance and visibility
     uv_px, depth = project(vertices[:, fit_idx], cams)
-    zbuf = frags.zbuf[..., 0]  # (B, S, S), -1 on background
     px = corr.pixel.round().long().clamp(0, size - 1)
     seen_depth = zbuf[torch.arange(batch)[:, None], px[..., 1], px[..., 0]]
     visible = (seen_depth > 0) & (depth <= seen_depth + 0.01)
