@@ -56,8 +56,12 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         {"fit": "p3dmm.commands.train:fit", "validate": "p3dmm.commands.train:validate",
          "export": "p3dmm.commands.train:export"},
     ),
+    "fit": (
+        "fit FLAME to face images from the predicted normals and UVs (batched)",
+        {"run": "p3dmm.commands.fit:run"},
+    ),
 }
-DEFAULT_ACTION = {"register": "run", "render": "run"}
+DEFAULT_ACTION = {"register": "run", "render": "run", "fit": "run"}
 # actions whose leading bare arguments fill options: `p3dmm shards verify DIR` == `... --shards DIR`
 POSITIONAL = {("shards", "verify"): ("shards",), ("shards", "preview"): ("shards",), ("register", "report"): ("out",),
               ("register", "eval"): ("out",), ("train", "export"): ("ckpt", "out")}

@@ -43,12 +43,18 @@ def export_priors(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     meta = {"step": int(ckpt.get("global_step", 0)), "code_version": str(ckpt.get("code_version", "")),
             "source": str(checkpoint)}
-    payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state, "meta": meta}
+    save_priors(config, state, out, meta)
+    return meta
+
+
+def save_priors(config: NetworkConfig, state_dict: dict, out: str | os.PathLike, meta: dict | None = None) -> None:
+    """Write the inference file for a network config and its weights (atomically)."""
+    payload = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": dict(state_dict),
+               "meta": dict(meta or {})}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, buffer.getvalue())
-    return meta
 
 
 def load_priors(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> PriorNet:

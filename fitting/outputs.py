@@ -1,0 +1,72 @@
+"""Per-image fitting outputs: FLAME parameters (json), posed and neutral meshes (.ply), an overlay PNG.
+
+All written atomically under OUT/<image id>.{json,posed.ply,neutral.ply,overlay.png}.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from p3dmm.fitting.fit import FitResult, fixed_camera
+from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.grid import image_grid, save_png
+from p3dmm.flame.mesh import save_mesh
+from p3dmm.flame.render import RayCaster, shade
+from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.pipeline.targets import head_frame_normals
+
+
+def params_dict(result: FitResult, b: int, size: int) -> dict:
+    return {
+        "shape": result.shape[b].tolist(), "expression": result.expression[b].tolist(),
+        "pose": result.pose[b].tolist(), "translation": result.translation[b].tolist(),
+        "camera": {"focal_px": float(result.focal[b]), "principal_point_px": result.principal_point[b].tolist(),
+                   "size": size, "R": [[1, 0, 0], [0, -1, 0], [0, 0, -1]], "t": [0.0, 0.0, 1.0]},
+        "losses": result.losses,
+    }
+
+
+def overlay_panel(image: np.ndarray, pred_normal: np.ndarray, result: FitResult, b: int, faces: np.ndarray,
+                  size: int) -> np.ndarray:
+    """input | fitted mesh over the input | predicted normals | fitted (rendered) normals, (H, W, 3) uint8."""
+    from PIL import Image
+
+    cam = fixed_camera(1, size, result.focal[b : b + 1].double().cpu(),
+                       (result.principal_point[b : b + 1] - (size - 1) / 2).double().cpu())
+    verts = result.vertices[b].double().cpu().numpy()
+    hits = RayCaster(verts, faces).cast(cam)
+    mesh = shade(hits, verts, faces, vertex_colors=np.broadcast_to(np.array([0.85, 0.65, 0.55]), verts.shape))
+    base = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    over = base.copy()
+    m = hits.face_id >= 0
+    over[m] = (0.6 * mesh[m] + 0.4 * base[m]).astype(np.uint8)
+    pose = result.pose[b].double().cpu().view(5, 3)
+    head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
+    from p3dmm.flame.mesh import vertex_normals
+
+    vn = vertex_normals(torch.from_numpy(verts)[None], torch.from_numpy(faces))[0].numpy()
+    fitted = head_frame_normals(hits, vn, faces, head)
+    fitted_rgb = np.where(m[..., None], np.rint((fitted + 1) * 127.5), 255).astype(np.uint8)
+    pn = pred_normal
+    if pn.shape[0] != size:
+        pn = np.asarray(torch.nn.functional.interpolate(torch.from_numpy(pn).permute(2, 0, 1)[None], size=(size, size),
+                                                        mode="bilinear")[0].permute(1, 2, 0))
+    pred_rgb = np.rint((np.clip(pn, -1, 1) + 1) * 127.5).astype(np.uint8)
+    panels = [base, over, pred_rgb, fitted_rgb]
+    if size < 192:  # small rasters: enlarge (nearest) so the panel is readable
+        k = -(-192 // size)
+        panels = [np.repeat(np.repeat(p, k, axis=0), k, axis=1) for p in panels]
+    return image_grid(panels, ncols=4, labels=["input", "fitted FLAME", "predicted normals", "fitted normals"])
+
+
+def write_outputs(out: Path, name: str, result: FitResult, b: int, faces: np.ndarray, image: np.ndarray,
+                  pred_normal: np.ndarray, size: int) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_mesh(out / f"{name}.posed.ply", result.vertices[b].cpu().numpy(), faces)
+    save_mesh(out / f"{name}.neutral.ply", result.neutral[b].cpu().numpy(), faces)
+    save_png(out / f"{name}.overlay.png", overlay_panel(image, pred_normal, result, b, faces, size))
+    atomic_write(out / f"{name}.json", (json.dumps(params_dict(result, b, size), indent=1) + "\n").encode())

@@ -1,0 +1,51 @@
+"""`p3dmm fit` end to end on a folder: bad images recorded and skipped, outputs written, reruns skip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from p3dmm.cli import main
+from p3dmm.flame.synth import write_synthetic_flame
+from p3dmm.training.export import load_priors, save_priors
+from p3dmm.training.network import NetworkConfig, PriorNet
+
+
+def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
+    flame = tmp_path / "flame"
+    write_synthetic_flame(flame, n_vertices=1000, seed=3)
+    config = NetworkConfig(backbone="vit_small_patch14_dinov2", output_size=32, outputs=("normal", "uv"),
+                           shared_backbone=True, head_width=16, head_depth=1, head_heads=2,
+                           backbone_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})
+    save_priors(config, PriorNet(config).state_dict(), tmp_path / "priors.pt")
+    assert load_priors(tmp_path / "priors.pt").config == config
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg", "sub/c.png"):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(images / name)
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    Image.new("RGB", (12, 12)).save(images / "tiny.png")
+    out = tmp_path / "fits"
+    argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
+            "--out", str(out), "--batch-size", "2", "--steps", "5", "--raster-size", "32", "--progress", "false"]
+    assert main(argv) == 1  # some images failed
+    text = capsys.readouterr().out
+    assert "failed corrupt" in text and "failed tiny" in text and "too small" in text
+    for name in ("a", "b", "sub__c"):
+        params = json.loads((out / f"{name}.json").read_text())
+        assert len(params["pose"]) == 15 and params["camera"]["focal_px"] > 0
+        for suffix in ("posed.ply", "neutral.ply", "overlay.png"):
+            assert (out / f"{name}.{suffix}").stat().st_size > 0
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    assert main(argv) == 1  # the bad ones stay on the failed list, nothing is redone
+    assert "5 images: 5 already fitted" in capsys.readouterr().out
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 5
+    # a replaced (fixed) file is tried again; the others are still skipped
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(images / "tiny.png")
+    assert main(argv) == 1  # corrupt.jpg is still broken
+    assert "5 images: 4 already fitted, 1 fitted, 1 failed" in capsys.readouterr().out
+    assert (out / "tiny.json").is_file()
