@@ -3,7 +3,9 @@
 Per image: expression, jaw/neck/eye rotations, global rotation and translation (FLAME's own), focal
 length and principal-point offset; shape per image or shared by the images of one subject
 (`subject_index`). The camera is fixed (OpenCV, at the FLAME origin + 1 m looking back at the face).
-One FLAME forward and one PyTorch3D rasterisation of the whole batch per step.
+One FLAME forward and one rasterisation of the whole batch per step. Every term is a per-image mean
+summed over the batch, so an image's gradients do not depend on the other images (a shared shape sums
+its images' gradients): a batch fits like its images one at a time (a test checks it).
 
 Stages: (1) initialisation from the correspondences alone (rotation, translation, focal; no
 rendering); (2) joint: UV-to-2D-vertex loss on gated correspondences (UV distance, distance to the
@@ -185,18 +187,18 @@ def fit_batch(flame: FLAME, pred: dict[str, torch.Tensor], fit_vertices: np.ndar
         out, shape, expr = run_flame()
         cams = fixed_camera(batch, size, params.log_focal.exp(), params.pp)
         terms = _joint_losses(out.vertices, faces, cams, params, pred, pixel_mask, corr, fit_idx, size, config)
-        terms["shape"] = config.w_shape * (params.shape**2).sum(-1).mean()
-        terms["expression"] = config.w_expression * (params.expression**2).sum(-1).mean()
+        terms["shape"] = config.w_shape * (params.shape**2).sum()
+        terms["expression"] = config.w_expression * (params.expression**2).sum()
         local = params.local_pose.view(batch, 4, 3)
-        terms["jaw"] = config.w_jaw * (local[:, 1] ** 2).sum(-1).mean()
-        terms["neck"] = config.w_neck * (local[:, 0] ** 2).sum(-1).mean()
-        terms["eyes"] = config.w_eyes * (local[:, 2:] ** 2).sum((-1, -2)).mean()
+        terms["jaw"] = config.w_jaw * (local[:, 1] ** 2).sum()
+        terms["neck"] = config.w_neck * (local[:, 0] ** 2).sum()
+        terms["eyes"] = config.w_eyes * (local[:, 2:] ** 2).sum()
         shaped = out.vertices_shaped
         reflected = shaped[:, mirror_t] * torch.tensor([-1.0, 1.0, 1.0], device=device)
-        terms["symmetry"] = config.w_symmetry * ((shaped - reflected) ** 2).sum(-1).mean()
-        terms["pp"] = config.w_pp * ((params.pp / size) ** 2).sum(-1).mean()
+        terms["symmetry"] = config.w_symmetry * ((shaped - reflected) ** 2).sum(-1).mean(-1).sum()
+        terms["pp"] = config.w_pp * ((params.pp / size) ** 2).sum()
         # depth, focal length and head size trade off in a single image: keep the focal near its prior
-        terms["focal"] = config.w_focal * ((params.log_focal - float(np.log(config.focal_init * size))) ** 2).mean()
+        terms["focal"] = config.w_focal * ((params.log_focal - float(np.log(config.focal_init * size))) ** 2).sum()
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,7 +229,7 @@ def _initialise(params: _Params, run_flame, corr: Correspondences, fit_idx: torc
         uv, _ = project(out.vertices[:, fit_idx], cams)
         r = ((uv - corr.pixel) / size).norm(dim=-1)
         scale = 0.05 if step < config.init_steps // 2 else 0.02  # Geman-McClure, tightening
-        loss = ((r**2 / (r**2 + scale**2)) * weight).sum() / weight.sum().clamp(min=1)
+        loss = (((r**2 / (r**2 + scale**2)) * weight).sum(-1) / weight.sum(-1).clamp(min=1)).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -284,7 +286,7 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     target = pred["normal"].permute(0, 2, 3, 1)
     err = (rendered - target).abs()
     use = covered & pixel_mask & (err.mean(-1) < config.normal_outlier)
-    terms["normal"] = config.w_normal * (err.sum(-1) * use).sum() / use.sum().clamp(min=1)
+    terms["normal"] = config.w_normal * ((err.sum(-1) * use).sum((1, 2)) / use.sum((1, 2)).clamp(min=1)).sum()
 
     # UV -> 2D vertex, on correspondences gated by pixel distance and visibility
     uv_px, depth = project(vertices[:, fit_idx], cams)
@@ -294,5 +296,5 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     near = ((uv_px - corr.pixel).abs().sum(-1) / size) < config.pixel_gate
     ok = (corr.valid & near & visible).float().detach()
     res = ((uv_px - corr.pixel) / size) ** 2
-    terms["uv"] = config.w_uv * (res.sum(-1) * ok).sum() / ok.sum().clamp(min=1)
+    terms["uv"] = config.w_uv * ((res.sum(-1) * ok).sum(-1) / ok.sum(-1).clamp(min=1)).sum()
     return terms

@@ -71,3 +71,16 @@ def test_fit_recovers_oracle_heads_and_shares_identity(oracle):
         # the fit must clearly beat the mean head (the issue's accuracy goals are measured by bench/fit_oracle.py)
         assert fitted < 0.8 * baseline, (float(fitted), float(baseline))
     assert np.isfinite(list(res.losses.values())).all()
+
+
+def test_batch_fits_like_each_image_alone(oracle):
+    """Per-image terms are summed, so a batch of 2 gives each image's solo result (Adam, same steps):
+    posed vertices agree within 0.05 mm."""
+    _, flame, pred, masks, _, fit_v, vertex_uv, mirror = oracle
+    config = FitConfig(raster_size=SIZE, steps=30, init_steps=30, n_shape=20, n_expression=10)
+    both = fit_batch(flame, pred, fit_v, vertex_uv, mirror, config, pixel_mask=masks)
+    for b in range(2):
+        alone = fit_batch(flame, {k: v[b : b + 1] for k, v in pred.items()}, fit_v, vertex_uv, mirror, config,
+                          pixel_mask=masks[b : b + 1])
+        gap = (alone.vertices[0] - both.vertices[b]).norm(dim=-1).max()
+        assert gap < 5e-5, float(gap)
