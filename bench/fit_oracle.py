@@ -15,14 +15,10 @@ import time
 import numpy as np
 import torch
 
-from p3dmm.fitting.fit import FitConfig, fit_batch, fixed_camera
+from p3dmm.fitting.fit import FitConfig, fit_batch
+from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
-from p3dmm.flame.mirror import mirror_map
 from p3dmm.flame.model import FLAME
-from p3dmm.flame.render import RayCaster
-from p3dmm.flame.rotations import axis_angle_to_matrix
-from p3dmm.pipeline.synth_scans import sample_params
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
 
 
 def align(a: torch.Tensor, b: torch.Tensor, scale: bool = False) -> torch.Tensor:
@@ -40,32 +36,12 @@ def main() -> None:
     batch, size, steps = (int(x) for x in (sys.argv[2:5] + ["4", "128", "400"][len(sys.argv) - 2 :]))
     assets = load_assets(flame_dir)
     flame = FLAME(assets)
-    rng = np.random.default_rng(0)
     config = FitConfig(raster_size=size, steps=steps, n_shape=50, n_expression=20)
-    region = uv_region_faces(assets)
-    maps, masks, truth, neutral_truth = [], [], [], []
-    for _ in range(batch):
-        p = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
-        p["pose"][:3] = rng.normal(0, 0.25, 3)
-        with torch.no_grad():
-            out = flame(**{k: torch.tensor(v, dtype=torch.float32)[None] for k, v in p.items()})
-            neutral = flame(shape=torch.tensor(p["shape"], dtype=torch.float32)[None]).vertices[0]
-        pose = torch.tensor(p["pose"]).view(5, 3)
-        head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
-        focal = torch.tensor([config.focal_init * size * rng.uniform(0.9, 1.1)], dtype=torch.float64)
-        cam = fixed_camera(1, size, focal, torch.zeros(1, 2, dtype=torch.float64))
-        t = render_targets(RayCaster(out.vertices[0].double().numpy(), assets.model.faces), cam, head,
-                           assets.uv.vt, assets.uv.ft, region)
-        maps.append((torch.from_numpy(t.normal).permute(2, 0, 1), torch.from_numpy(t.uv).permute(2, 0, 1)))
-        masks.append(torch.from_numpy(t.mask))
-        truth.append(out.vertices[0])
-        neutral_truth.append(neutral)
-    pred = {"normal": torch.stack([m[0] for m in maps]), "uv": torch.stack([m[1] for m in maps])}
-    fit_v = np.unique(assets.model.faces[region])
-    vertex_uv = np.stack([assets.uv.vertex_uv[:, 0], 1 - assets.uv.vertex_uv[:, 1]], axis=1)
+    cues = oracle_cues(assets, flame, batch, size, config.focal_init * size)
+    truth, neutral_truth = cues.posed, cues.neutral
+    fit_v, vertex_uv, mirror = fit_inputs(assets)
     start = time.perf_counter()
-    res = fit_batch(flame, pred, fit_v, vertex_uv, mirror_map(assets.model.v_template), config,
-                    pixel_mask=torch.stack(masks))
+    res = fit_batch(flame, cues.pred, fit_v, vertex_uv, mirror, config, pixel_mask=cues.mask)
     seconds = time.perf_counter() - start
     from p3dmm.fitting.metrics import evaluate_face
 

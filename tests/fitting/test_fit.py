@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from p3dmm.fitting.fit import FitConfig, fit_batch, fixed_camera
+from p3dmm.fitting.fit import FitConfig, fit_batch
+from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
-from p3dmm.flame.mirror import mirror_map
 from p3dmm.flame.model import FLAME
-from p3dmm.flame.render import RayCaster
-from p3dmm.flame.rotations import axis_angle_to_matrix
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline.synth_scans import sample_params
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
 
 SIZE = 48
 
@@ -32,28 +28,10 @@ def oracle(tmp_path_factory):
     write_synthetic_flame(folder, n_vertices=1000, seed=3)
     assets = load_assets(folder)
     flame = FLAME(assets)
-    rng = np.random.default_rng(1)
-    region = uv_region_faces(assets)
-    shape = sample_params(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
-    normals, uvs, masks, truth = [], [], [], []
-    for _ in range(2):  # two images of one subject
-        p = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
-        p["shape"] = shape
-        p["pose"][:3] = rng.normal(0, 0.2, 3)
-        with torch.no_grad():
-            verts = flame(**{k: torch.tensor(v, dtype=torch.float32)[None] for k, v in p.items()}).vertices[0]
-        pose = torch.tensor(p["pose"]).view(5, 3)
-        head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
-        cam = fixed_camera(1, SIZE, torch.tensor([3.9 * SIZE], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
-        t = render_targets(RayCaster(verts.double().numpy(), assets.model.faces), cam, head, assets.uv.vt,
-                           assets.uv.ft, region)
-        normals.append(torch.from_numpy(t.normal).permute(2, 0, 1))
-        uvs.append(torch.from_numpy(t.uv).permute(2, 0, 1))
-        masks.append(torch.from_numpy(t.mask))
-        truth.append(verts)
-    vertex_uv = np.stack([assets.uv.vertex_uv[:, 0], 1 - assets.uv.vertex_uv[:, 1]], axis=1)
-    return (assets, flame, {"normal": torch.stack(normals), "uv": torch.stack(uvs)}, torch.stack(masks),
-            truth, np.unique(assets.model.faces[region]), vertex_uv, mirror_map(assets.model.v_template))
+    cues = oracle_cues(assets, flame, 2, SIZE, 3.9 * SIZE, seed=1, global_sigma=0.2, focal_jitter=0.0,
+                       shared_shape=True)  # two images of one subject
+    fit_v, vertex_uv, mirror = fit_inputs(assets)
+    return assets, flame, cues.pred, cues.mask, list(cues.posed), fit_v, vertex_uv, mirror
 
 
 def test_fit_recovers_oracle_heads_and_shares_identity(oracle):
