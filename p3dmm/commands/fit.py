@@ -11,6 +11,7 @@ from p3dmm.cli import CommandError
 
 def run(*, images: Path, priors: Path, out: Path, flame: Path | None = None, batch_size: PositiveInt = 8,
         steps: PositiveInt = 300, raster_size: PositiveInt = 256, boxes: Path | None = None, device: str | None = None,
+        address: str | None = None, num_cpus: PositiveInt | None = None, workers: PositiveInt | None = None,
         progress: bool = True) -> int:
     """Fit FLAME to every image of a folder (batched; reruns skip finished images).
 
@@ -23,7 +24,11 @@ def run(*, images: Path, priors: Path, out: Path, flame: Path | None = None, bat
         steps: joint-stage optimisation steps.
         raster_size: side of the rendered maps the fit compares.
         boxes: JSON {image: [x0, y0, x1, y1]} to crop faces from larger photos (square, x1.42).
-        device: "cuda", "cpu" (default: cuda when available).
+        device: "cuda", "cpu" (default: cuda when available; Ray actors take a GPU each when there are GPUs).
+        address: Ray cluster address ("auto" or host:port): fit batches on Ray actors there.
+        num_cpus: CPUs of a local Ray (with --workers and no --address).
+        workers: Ray actors (default: one per GPU, or one per 2 CPUs); setting it without --address starts a
+            local Ray.
         progress: show a progress bar.
     """
     from p3dmm.commands.flame import _load
@@ -34,7 +39,7 @@ def run(*, images: Path, priors: Path, out: Path, flame: Path | None = None, bat
     try:
         summary = fit_images(images, priors, folder, out, batch_size=batch_size,
                              config=FitConfig(steps=steps, raster_size=raster_size), boxes=boxes, device=device,
-                             progress=progress)
+                             address=address, num_cpus=num_cpus, workers=workers, progress=progress)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
     for line in summary.lines():

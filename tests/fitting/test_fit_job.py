@@ -13,7 +13,7 @@ from p3dmm.training.export import load_priors, save_priors
 from p3dmm.training.network import NetworkConfig, PriorNet
 
 
-def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
+def _setup(tmp_path):
     flame = tmp_path / "flame"
     write_synthetic_flame(flame, n_vertices=1000, seed=3)
     config = NetworkConfig(backbone="vit_small_patch14_dinov2", output_size=32, outputs=("normal", "uv"),
@@ -21,6 +21,28 @@ def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
                            backbone_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})
     save_priors(config, PriorNet(config).state_dict(), tmp_path / "priors.pt")
     assert load_priors(tmp_path / "priors.pt").config == config
+    return flame
+
+
+def test_fit_on_ray_with_two_cpus(tmp_path, capsys):
+    flame = _setup(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "fits"
+    argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
+            "--out", str(out), "--batch-size", "2", "--steps", "3", "--raster-size", "32", "--progress", "false",
+            "--workers", "1", "--num-cpus", "2"]
+    assert main(argv) == 0
+    assert "3 fitted, 0 failed" in capsys.readouterr().out
+    ids = sorted(json.loads(line)["id"] for line in (out / "manifest.jsonl").read_text().splitlines())
+    assert ids == ["0", "1", "2"] and all((out / f"{i}.posed.ply").is_file() for i in ids)
+
+
+def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
+    flame = _setup(tmp_path)
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
