@@ -88,16 +88,21 @@ def compare_surfaces(pred: trimesh.Trimesh, gt: trimesh.Trimesh, samples: int = 
 
 def evaluate_face(pred_vertices: np.ndarray, gt_vertices: np.ndarray, faces: np.ndarray, region_faces: np.ndarray,
                   pred_landmarks: np.ndarray, gt_landmarks: np.ndarray, *, similarity: bool = False,
-                  samples: int = 20000, icp_iterations: int = 20) -> GeometryMetrics:
+                  samples: int = 20000, icp_iterations: int = 20, crop_mm: float = 10.0) -> GeometryMetrics:
     """Align a FLAME-topology prediction to a ground-truth mesh (landmarks, then ICP) and measure the face.
 
     pred_vertices, gt_vertices: (V, 3) metres (the ground truth may have another topology when `faces` is a
     tuple (pred_faces, gt_faces) and region_faces a tuple of masks). Landmarks: (L, 3) corresponding points.
+    A ground-truth region of None crops the ground truth to the faces within `crop_mm` of the landmark-aligned
+    prediction's face region (scans and meshes of other topologies cover more than the face).
     """
     pred_faces, gt_faces = faces if isinstance(faces, tuple) else (faces, faces)
     pred_region, gt_region = region_faces if isinstance(region_faces, tuple) else (region_faces, region_faces)
     s, rot, t = umeyama(pred_landmarks, gt_landmarks, similarity)
     pred = s * pred_vertices @ rot.T + t
+    if gt_region is None:
+        near, _ = cKDTree(pred[np.unique(pred_faces[pred_region])]).query(gt_vertices[gt_faces].mean(1))
+        gt_region = near < crop_mm / 1000
     gt_pts, _ = sample_surface(gt_vertices, gt_faces[gt_region], samples, seed=1)
     pred_pts, _ = sample_surface(pred, pred_faces[pred_region], samples, seed=2)
     s2, rot2, t2 = icp(pred_pts, cKDTree(gt_pts), gt_pts, icp_iterations, similarity)

@@ -60,8 +60,12 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         "fit FLAME to face images from the predicted normals and UVs (batched)",
         {"run": "p3dmm.commands.fit:run"},
     ),
+    "eval": (
+        "posed and neutral geometry of fits against ground truth",
+        {"run": "p3dmm.commands.evaluate:run"},
+    ),
 }
-DEFAULT_ACTION = {"register": "run", "render": "run", "fit": "run"}
+DEFAULT_ACTION = {"register": "run", "render": "run", "fit": "run", "eval": "run"}
 # actions whose leading bare arguments fill options: `p3dmm shards verify DIR` == `... --shards DIR`
 POSITIONAL = {("shards", "verify"): ("shards",), ("shards", "preview"): ("shards",), ("register", "report"): ("out",),
               ("register", "eval"): ("out",), ("train", "export"): ("ckpt", "out")}
