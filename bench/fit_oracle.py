@@ -1,6 +1,6 @@
 """Oracle check of the fitting (work in progress, issue 7): ground-truth normal/UV maps as the cues.
 
-    .venv/bin/python bench/fit_oracle.py FLAME_DIR [B=4] [RASTER=128] [STEPS=400]
+    .venv/bin/python bench/fit_oracle.py FLAME_DIR [B=4] [RASTER=128] [STEPS=400] ['{"w_normal": 20}']
 
 Renders B random synthetic heads (varied pose and expression) with the fitting camera, fits them as one
 batch, and prints per image the median per-vertex error over the face mask, posed and neutral, after
@@ -9,6 +9,7 @@ rigid and after similarity alignment. (Chamfer L1 after ICP, as the issue asks, 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -33,10 +34,11 @@ def align(a: torch.Tensor, b: torch.Tensor, scale: bool = False) -> torch.Tensor
 
 def main() -> None:
     flame_dir = sys.argv[1]
-    batch, size, steps = (int(x) for x in (sys.argv[2:5] + ["4", "128", "400"][len(sys.argv) - 2 :]))
+    batch, size, steps = (int(x) for x in (sys.argv[2:5] + ["4", "128", "400"][len(sys.argv[2:5]) :]))
     assets = load_assets(flame_dir)
     flame = FLAME(assets)
-    config = FitConfig(raster_size=size, steps=steps, n_shape=50, n_expression=20)
+    overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    config = FitConfig(**{"raster_size": size, "steps": steps, "n_shape": 50, "n_expression": 20, **overrides})
     cues = oracle_cues(assets, flame, batch, size, config.focal_init * size)
     truth, neutral_truth = cues.posed, cues.neutral
     fit_v, vertex_uv, mirror = fit_inputs(assets)
