@@ -17,19 +17,16 @@ import numpy as np
 import torch
 
 from p3dmm.fitting.fit import FitConfig, fit_batch
+from p3dmm.fitting.metrics import umeyama
 from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
 
 
 def align(a: torch.Tensor, b: torch.Tensor, scale: bool = False) -> torch.Tensor:
-    """a moved onto b by the best rigid (or similarity) transform (Umeyama)."""
-    ca, cb = a.mean(0), b.mean(0)
-    u, s, vt = torch.linalg.svd((a - ca).T @ (b - cb))
-    d = torch.diag(torch.tensor([1.0, 1.0, float(torch.sign(torch.det(u @ vt)))]))
-    rot = (u @ d @ vt).T
-    k = (s * torch.diag(d)).sum() / ((a - ca) ** 2).sum() if scale else 1.0
-    return k * (a - ca) @ rot.T + cb
+    """a moved onto b by the best rigid (or similarity) transform (fitting.metrics.umeyama)."""
+    s, rot, t = umeyama(a.double().numpy(), b.double().numpy(), scale)
+    return torch.from_numpy(s * a.double().numpy() @ rot.T + t).to(b.dtype)
 
 
 def main() -> None:

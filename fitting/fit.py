@@ -25,7 +25,7 @@ from p3dmm.fitting.correspondences import Correspondences, find_correspondences
 from p3dmm.flame.cameras import Cameras, project, to_pytorch3d
 from p3dmm.flame.mesh import vertex_normals
 from p3dmm.flame.model import FLAME
-from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.rotations import head_rotation
 
 CAMERA_DISTANCE_M = 1.0
 
@@ -276,8 +276,7 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     terms: dict[str, torch.Tensor] = {}
 
     # normals in the head frame: undo global and neck rotation
-    pose = params.pose()
-    head = axis_angle_to_matrix(pose[:, :3]) @ axis_angle_to_matrix(pose[:, 3:6])
+    head = head_rotation(params.pose())
     normals = vertex_normals(vertices, faces)  # (B, V, 3)
     local = torch.einsum("bvi,bij->bvj", normals, head)  # n_head = R^T n  (row vectors: n @ R)
     corner = faces[face_id.clamp(min=0)]  # (B, S, S, 3) vertex ids

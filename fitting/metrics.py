@@ -28,11 +28,10 @@ def umeyama(src: np.ndarray, dst: np.ndarray, scale: bool = False) -> tuple[floa
     return s, rot, mu_d - s * rot @ mu_s
 
 
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(count, 3) points uniformly on a mesh and their face normals."""
-    mesh = trimesh.Trimesh(vertices, faces, process=False)
-    points, face_idx = trimesh.sample.sample_surface(mesh, count, seed=seed)
-    return np.asarray(points), np.asarray(mesh.face_normals[face_idx])
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """(count, 3) points uniformly on a mesh."""
+    points, _ = trimesh.sample.sample_surface(trimesh.Trimesh(vertices, faces, process=False), count, seed=seed)
+    return np.asarray(points)
 
 
 def icp(src: np.ndarray, target_tree: cKDTree, target: np.ndarray, iterations: int = 20, scale: bool = False,
@@ -103,8 +102,8 @@ def evaluate_face(pred_vertices: np.ndarray, gt_vertices: np.ndarray, faces: np.
     if gt_region is None:
         near, _ = cKDTree(pred[np.unique(pred_faces[pred_region])]).query(gt_vertices[gt_faces].mean(1))
         gt_region = near < crop_mm / 1000
-    gt_pts, _ = sample_surface(gt_vertices, gt_faces[gt_region], samples, seed=1)
-    pred_pts, _ = sample_surface(pred, pred_faces[pred_region], samples, seed=2)
+    gt_pts = sample_surface(gt_vertices, gt_faces[gt_region], samples, seed=1)
+    pred_pts = sample_surface(pred, pred_faces[pred_region], samples, seed=2)
     s2, rot2, t2 = icp(pred_pts, cKDTree(gt_pts), gt_pts, icp_iterations, similarity)
     pred = s2 * pred @ rot2.T + t2
     return compare_surfaces(trimesh.Trimesh(pred, pred_faces[pred_region], process=False),

@@ -16,7 +16,7 @@ from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.grid import image_grid, save_png
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.render import RayCaster, shade
-from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.rotations import head_rotation
 from p3dmm.pipeline.targets import head_frame_normals
 
 
@@ -38,18 +38,15 @@ def overlay_panel(image: np.ndarray, pred_normal: np.ndarray, result: FitResult,
     cam = fixed_camera(1, size, result.focal[b : b + 1].double().cpu(),
                        (result.principal_point[b : b + 1] - (size - 1) / 2).double().cpu())
     verts = result.vertices[b].double().cpu().numpy()
-    hits = RayCaster(verts, faces).cast(cam)
+    caster = RayCaster(verts, faces)
+    hits = caster.cast(cam)
     mesh = shade(hits, verts, faces, vertex_colors=np.broadcast_to(np.array([0.85, 0.65, 0.55]), verts.shape))
     base = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
     over = base.copy()
     m = hits.face_id >= 0
     over[m] = (0.6 * mesh[m] + 0.4 * base[m]).astype(np.uint8)
-    pose = result.pose[b].double().cpu().view(5, 3)
-    head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
-    from p3dmm.flame.mesh import vertex_normals
-
-    vn = vertex_normals(torch.from_numpy(verts)[None], torch.from_numpy(faces))[0].numpy()
-    fitted = head_frame_normals(hits, vn, faces, head)
+    head = head_rotation(result.pose[b].double().cpu()).numpy()
+    fitted = head_frame_normals(hits, caster.vertex_normals, faces, head)
     fitted_rgb = np.where(m[..., None], np.rint((fitted + 1) * 127.5), 255).astype(np.uint8)
     pn = pred_normal
     if pn.shape[0] != size:

@@ -12,7 +12,7 @@ from p3dmm.fitting.fit import fixed_camera
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.render import RayCaster
-from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.rotations import head_rotation
 from p3dmm.pipeline.synth_scans import sample_params
 from p3dmm.pipeline.targets import render_targets, uv_region_faces
 
@@ -42,8 +42,7 @@ def oracle_cues(assets: FlameAssets, flame: FLAME, count: int, size: int, focal:
         with torch.no_grad():
             verts = flame(**{k: torch.tensor(v, dtype=torch.float32)[None] for k, v in p.items()}).vertices[0]
             neutral.append(flame(shape=torch.tensor(p["shape"], dtype=torch.float32)[None]).vertices[0])
-        pose = torch.tensor(p["pose"]).view(5, 3)
-        head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
+        head = head_rotation(torch.tensor(p["pose"])).numpy()
         f = focal * rng.uniform(1 - focal_jitter, 1 + focal_jitter)
         cam = fixed_camera(1, size, torch.tensor([f], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
         t = render_targets(RayCaster(verts.double().numpy(), assets.model.faces), cam, head, assets.uv.vt,

@@ -70,6 +70,15 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     return eye + a * k + b * (k @ k)
 
 
+def head_rotation(pose: torch.Tensor) -> torch.Tensor:
+    """The head's world rotation R_global @ R_neck from FLAME axis-angle poses (..., 15) -> (..., 3, 3).
+
+    Head-frame normals (the priors' targets) are n_head = R^T n_world with this R.
+    """
+    _check_last_dims(pose, (15,), "pose")
+    return axis_angle_to_matrix(pose[..., 0:3]) @ axis_angle_to_matrix(pose[..., 3:6])
+
+
 def matrix_to_quaternion(matrix: torch.Tensor) -> torch.Tensor:
     """Unit quaternion (w, x, y, z) with w >= 0, by Shepperd's method (stable for every rotation).
 

@@ -115,21 +115,10 @@ def overlay(scan_image: np.ndarray, scan_depth: np.ndarray, reg_image: np.ndarra
 def scan_errors_mm(scan_points: np.ndarray, reg_vertices: np.ndarray, faces: np.ndarray, region_faces: np.ndarray,
                    mm_per_unit: float, gate_mm: float = 10.0) -> np.ndarray:
     """(P,) distance of each scan point to the registered region surface in mm; NaN where not scored."""
-    import trimesh
-    from scipy.spatial import cKDTree
+    from p3dmm.registration.metrics import scan_distances
 
-    errors = np.full(len(scan_points), np.nan)
-    region_v = np.unique(faces[region_faces])
-    gate = gate_mm / mm_per_unit
-    d, _ = cKDTree(reg_vertices[region_v]).query(scan_points, distance_upper_bound=2 * gate)
-    cand = np.nonzero(np.isfinite(d))[0]
-    if len(cand) == 0:
-        return errors
-    mesh = trimesh.Trimesh(reg_vertices, faces, process=False)
-    _, dist, tri = trimesh.proximity.closest_point(mesh, scan_points[cand])
-    keep = region_faces[tri] & (dist < gate)
-    errors[cand[keep]] = dist[keep] * mm_per_unit
-    return errors
+    skin = np.ones(len(faces), bool)
+    return scan_distances(scan_points, reg_vertices, faces, region_faces, skin, gate_mm / mm_per_unit) * mm_per_unit
 
 
 def scan_panels(npz_path: Path, job: dict, assets, size: int) -> tuple[np.ndarray, dict]:

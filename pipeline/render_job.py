@@ -181,14 +181,13 @@ def write_shard(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]
             self.size += len(data)
             return self.handle.write(data)
 
-    count, seen = 0, set()
+    seen: set[str] = set()
     with atomic_writer(path) as handle:
         sink = Hashing(handle)
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
             for info, data in tar_bytes(_count(samples, seen)):
                 tar.addfile(info, io.BytesIO(data))
-        count = len(seen)
-    return {"samples": count, "bytes": sink.size, "sha256": sink.hash.hexdigest()}
+    return {"samples": len(seen), "bytes": sink.size, "sha256": sink.hash.hexdigest()}
 
 
 def _count(samples, seen: set):

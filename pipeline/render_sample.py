@@ -18,7 +18,7 @@ import torch
 
 from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.render import RayCaster, interpolate
-from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.rotations import head_rotation
 from p3dmm.pipeline.appearance import linear_texture, pixel_albedo, render_photo, sample_look
 from p3dmm.pipeline.photos import face_crop_intrinsics, read_image, resample_photo
 from p3dmm.pipeline.shard_format import encode_flags, encode_sample
@@ -56,8 +56,7 @@ def load_registered(path: str) -> Registered:
     scale = float(params["scale"])
     rotation = np.asarray(params["rotation"], np.float64)
     translation = np.asarray(params["similarity_translation"], np.float64)
-    pose = torch.tensor(params["pose"], dtype=torch.float64).reshape(5, 3)
-    head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
+    head = head_rotation(torch.tensor(params["pose"], dtype=torch.float64)).numpy()
     return Registered(vertices=(vertices - translation) @ rotation / scale, params=params, record=record,
                       scale=scale, rotation=rotation, translation=translation, head_rotation=head)
 

@@ -47,7 +47,8 @@ def shard_paths(folder: str | os.PathLike, split: str | None = None) -> list[str
             if split is None or entry["split"] == split]
 
 
-def _warn(exn: Exception) -> bool:
+def warn_and_skip(exn: Exception) -> bool:
+    """A webdataset handler: warn (naming the shard or sample) and go on."""
     warnings.warn(f"skipping unreadable shard data: {exn}", RuntimeWarning, stacklevel=2)
     return True
 
@@ -56,12 +57,12 @@ def iter_samples(paths: list[str], depth: bool = True) -> Iterator[Sample]:
     """Decoded samples of `paths` in order; unreadable shards and samples are skipped with a warning."""
     import webdataset as wds
 
-    dataset = wds.WebDataset(paths, shardshuffle=False, handler=_warn, empty_check=False)
+    dataset = wds.WebDataset(paths, shardshuffle=False, handler=warn_and_skip, empty_check=False)
     for members in dataset:
         try:
             yield decode_sample(members, depth=depth)
         except SampleError as e:
-            _warn(ValueError(f"{members.get('__url__', '?')}: {e}"))
+            warn_and_skip(ValueError(f"{members.get('__url__', '?')}: {e}"))
 
 
 def _sha256(path: Path) -> str:

@@ -7,27 +7,38 @@ import trimesh
 from scipy.spatial import cKDTree
 
 
+def scan_distances(
+    scan_points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, region_faces: np.ndarray,
+    skin_faces: np.ndarray, gate: float,
+) -> np.ndarray:
+    """(P,) distance of every scan point to the registered surface; NaN where the point is not scored.
+
+    scan_points: (P, 3); vertices: (V, 3) registered mesh; faces: (F, 3); region_faces, skin_faces: (F,)
+    bool. A scan point is scored when its closest point on the skin surface lies on a region face and is
+    closer than `gate` (so hair, torso and background are not scored). Same units as the inputs.
+    """
+    out = np.full(len(scan_points), np.nan)
+    region_v = np.unique(faces[region_faces])
+    edge = float(np.median(np.linalg.norm(vertices[faces[:, 0]] - vertices[faces[:, 1]], axis=1)))
+    d, _ = cKDTree(vertices[region_v]).query(scan_points, distance_upper_bound=gate + 2 * edge)
+    cand = np.nonzero(np.isfinite(d))[0]
+    if len(cand) == 0:
+        return out
+    skin_idx = np.nonzero(skin_faces)[0]
+    mesh = trimesh.Trimesh(vertices, faces[skin_idx], process=False)
+    _, dist, tri = trimesh.proximity.closest_point(mesh, scan_points[cand])
+    keep = region_faces[skin_idx[tri]] & (dist < gate)
+    out[cand[keep]] = dist[keep]
+    return out
+
+
 def scan_to_surface(
     scan_points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, region_faces: np.ndarray,
     skin_faces: np.ndarray, gate: float,
 ) -> np.ndarray:
-    """Distances (N,) from the scan points near the face region to the registered surface.
-
-    scan_points: (P, 3); vertices: (V, 3) registered mesh; faces: (F, 3); region_faces, skin_faces: (F,)
-    bool. A scan point counts when its closest point on the skin surface lies on a region face and is
-    closer than `gate` (so hair, torso and background are not scored). Same units as the inputs.
-    """
-    region_v = np.unique(faces[region_faces])
-    edge = float(np.median(np.linalg.norm(vertices[faces[:, 0]] - vertices[faces[:, 1]], axis=1)))
-    d, _ = cKDTree(vertices[region_v]).query(scan_points, distance_upper_bound=gate + 2 * edge)
-    cand = scan_points[np.isfinite(d)]
-    if len(cand) == 0:
-        return np.zeros(0)
-    skin_idx = np.nonzero(skin_faces)[0]
-    mesh = trimesh.Trimesh(vertices, faces[skin_idx], process=False)
-    _, dist, tri = trimesh.proximity.closest_point(mesh, cand)
-    keep = region_faces[skin_idx[tri]] & (dist < gate)
-    return np.asarray(dist[keep])
+    """Distances (N,) from the scored scan points to the registered surface (see :func:`scan_distances`)."""
+    d = scan_distances(scan_points, vertices, faces, region_faces, skin_faces, gate)
+    return d[np.isfinite(d)]
 
 
 def coverage(

@@ -28,8 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     leaves a truncated `last.ckpt` (the resume point) behind."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        fs = get_filesystem(path)
-        if fs.protocol not in ("file", ("file", "local")) and "file" not in fs.protocol:
+        protocol = get_filesystem(path).protocol
+        if "file" not in (protocol if isinstance(protocol, tuple) else (protocol,)):  # remote storage: as Lightning does
             return super().save_checkpoint(checkpoint, path, storage_options)
         import io
 

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from p3dmm.pipeline.shard_format import FACE, FOREGROUND, OCCLUDED, OUTSIDE, SampleError, decode_sample
+from p3dmm.pipeline.shards import warn_and_skip
 from p3dmm.training.augment import (
     AugmentConfig,
     crop_box,
@@ -42,13 +43,6 @@ def _rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _warn(exn: Exception) -> bool:
-    import warnings
-
-    warnings.warn(f"skipping unreadable shard data: {exn}", RuntimeWarning, stacklevel=2)
-    return True
 
 
 class SampleTransform:
@@ -101,7 +95,7 @@ class ShardStream(IterableDataset):
     def _members(self, urls: list[str]) -> Iterator[dict]:
         import webdataset as wds
 
-        return wds.tarfile_to_samples(handler=_warn)(iter({"url": u} for u in urls))
+        return wds.tarfile_to_samples(handler=warn_and_skip)(iter({"url": u} for u in urls))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -120,7 +114,7 @@ class ShardStream(IterableDataset):
             try:
                 yield self.transform(members, rng)
             except SampleError as e:
-                _warn(e)
+                warn_and_skip(e)
 
     def _repeat(self, urls: list[str], rng: np.random.Generator) -> Iterator[dict]:
         buffer: list[dict] = []

@@ -13,7 +13,7 @@ import torch
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.render import RayCaster, shade
-from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.rotations import head_rotation
 from p3dmm.pipeline.render_job import write_shard
 from p3dmm.pipeline.shard_format import encode_flags, encode_sample
 from p3dmm.pipeline.synth_scans import posed_truth, sample_params, skin_colors
@@ -36,8 +36,7 @@ def write_flame_shards(out: str | os.PathLike, flame_dir: str | os.PathLike, *, 
         split = "train" if s < train_subjects else "val"
         params = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
         verts = posed_truth(assets, params)
-        pose = torch.tensor(params["pose"]).reshape(5, 3)
-        head = (axis_angle_to_matrix(pose[0]) @ axis_angle_to_matrix(pose[1])).numpy()
+        head = head_rotation(torch.tensor(params["pose"])).numpy()
         points = verts[np.unique(faces[region])]
         cams, _ = sample_views(rng, views, points.mean(0), head, float(np.ptp(points, axis=0).max()), size)
         caster = RayCaster(verts, faces)

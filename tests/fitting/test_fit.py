@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from p3dmm.fitting.fit import FitConfig, fit_batch
+from p3dmm.fitting.metrics import umeyama
 from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
@@ -16,10 +17,8 @@ SIZE = 48
 
 
 def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    ca, cb = a.mean(0), b.mean(0)
-    u, _, vt = torch.linalg.svd((a - ca).T @ (b - cb))
-    d = torch.diag(torch.tensor([1.0, 1.0, float(torch.sign(torch.det(u @ vt)))]))
-    return (a - ca) @ (u @ d @ vt) + cb
+    s, rot, t = umeyama(a.double().numpy(), b.double().numpy())
+    return torch.from_numpy(s * a.double().numpy() @ rot.T + t).to(b.dtype)
 
 
 @pytest.fixture(scope="module")
