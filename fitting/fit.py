@@ -45,6 +45,9 @@ class FitConfig:
         w_uv, w_normal, w_shape, w_expression, w_jaw, w_neck, w_eyes, w_symmetry, w_pp, w_focal: loss weights
             (w_focal: a log-normal prior on the focal length around focal_init).
         lr: Adam learning rate of the joint stage (per-parameter multipliers inside).
+        fit_shape: False keeps the FLAME mean shape (only pose, expression and camera are fitted): the
+            baseline that tells what the identity fit adds.
+        rasterizer: "auto", "pytorch3d" or "embree" (see `backend`).
     """
 
     init_steps: int = 150
@@ -67,6 +70,7 @@ class FitConfig:
     w_pp: float = 1.0
     w_focal: float = 1.0
     lr: float = 5e-3
+    fit_shape: bool = True
     rasterizer: str = "auto"
 
     def backend(self, device: torch.device) -> str:
@@ -157,7 +161,7 @@ def fit_batch(flame: FLAME, pred: dict[str, torch.Tensor], fit_vertices: np.ndar
     fit_idx = torch.as_tensor(fit_vertices, dtype=torch.long, device=device)
     target_uv = torch.as_tensor(vertex_uv, dtype=torch.float32, device=device)[fit_idx]
     corr = find_correspondences(pred["uv"], pixel_mask, target_uv, config.uv_gate)
-    n_shape = min(config.n_shape, flame.n_shape)
+    n_shape = min(config.n_shape, flame.n_shape) if config.fit_shape else 0
     n_expr = min(config.n_expression, flame.n_expression)
     params = _Params(batch, subjects, n_shape, n_expr, config.focal_init * size).to(device)
 

@@ -63,8 +63,9 @@ def square_crop(image: np.ndarray, box: list[float], scale: float = CROP_SCALE) 
     return padded[top + pad : top + pad + side, left + pad : left + pad + side]
 
 
-def load_image(path: Path, size: int, box: list[float] | None = None) -> np.ndarray:
-    """(size, size, 3) uint8 RGB of a face image (cropped by `box` when given, resized to a square)."""
+def load_image(path: Path, size: int, box: list[float] | None = None, detector=None) -> np.ndarray:
+    """(size, size, 3) uint8 RGB of a face image, cropped by `box` when given, else by the face `detector`
+    (fitting.detect.FaceDetector) when given, else its centre square; resized to a square."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -75,6 +76,8 @@ def load_image(path: Path, size: int, box: list[float] | None = None) -> np.ndar
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ImageError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} px is too small (need >= {MIN_SIDE} px)")
+    if box is None and detector is not None:
+        box = detector.detect_box(path, rgb)  # ImageError "no face found" when there is none
     if box is not None:
         try:
             rgb = square_crop(rgb, box)

@@ -56,6 +56,10 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         {"fit": "p3dmm.commands.train:fit", "validate": "p3dmm.commands.train:validate",
          "export": "p3dmm.commands.train:export"},
     ),
+    "run": (
+        "the whole pipeline from raw scans to evaluated fits, with a report (one config file)",
+        {"run": "p3dmm.commands.run:run"},
+    ),
     "fit": (
         "fit FLAME to face images from the predicted normals and UVs (batched)",
         {"run": "p3dmm.commands.fit:run"},
@@ -65,7 +69,7 @@ COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
         {"run": "p3dmm.commands.evaluate:run"},
     ),
 }
-DEFAULT_ACTION = {"register": "run", "render": "run", "fit": "run", "eval": "run"}
+DEFAULT_ACTION = {"run": "run", "register": "run", "render": "run", "fit": "run", "eval": "run"}
 # actions whose leading bare arguments fill options: `p3dmm shards verify DIR` == `... --shards DIR`
 POSITIONAL = {("shards", "verify"): ("shards",), ("shards", "preview"): ("shards",), ("register", "report"): ("out",),
               ("register", "eval"): ("out",), ("train", "export"): ("ckpt", "out")}

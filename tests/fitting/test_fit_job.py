@@ -71,3 +71,34 @@ def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
     assert main(argv) == 1  # corrupt.jpg is still broken
     assert "5 images: 4 already fitted, 1 fitted, 1 failed" in capsys.readouterr().out
     assert (out / "tiny.json").is_file()
+
+
+def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys):
+    import torch
+
+    from p3dmm.fitting.fit import fixed_camera
+    from p3dmm.flame.render import RayCaster, shade
+    from p3dmm.flame.synth.anatomy import Anatomy
+    from p3dmm.flame.synth.head import build_head
+
+    flame = _setup(tmp_path)
+    mesh = build_head(Anatomy(), 1000)
+    cam = fixed_camera(1, 160, torch.tensor([480.0], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    hits = RayCaster(mesh.verts, mesh.faces).cast(cam)
+    face = shade(hits, mesh.verts, mesh.faces, background=(90, 110, 140),
+                 vertex_colors=np.where(mesh.eyeball[:, None] > 0, 0.92, np.array([0.82, 0.62, 0.5])))
+    rng = np.random.default_rng(0)
+    photo = (rng.integers(0, 256, (360, 480, 3)) * 0.5 + 64).astype(np.uint8)
+    photo[120:280, 250:410] = face  # a face off-centre in a larger photo
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(photo).save(images / "person.png")
+    Image.fromarray((rng.integers(0, 256, (200, 200, 3)) * 0.5 + 64).astype(np.uint8)).save(images / "noise.png")
+    out = tmp_path / "fits"
+    argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
+            "--out", str(out), "--batch-size", "2", "--steps", "3", "--raster-size", "32", "--progress", "false",
+            "--detect", "true"]
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    assert "1 fitted, 1 failed" in text and "failed noise" in text and "no face found" in text
+    assert (out / "person.overlay.png").is_file() and not (out / "noise.json").exists()

@@ -1,0 +1,319 @@
+"""`p3dmm run`: every stage from raw scans to evaluated fits, each resumable and skippable.
+
+Thin orchestration over the stage commands (the same functions `p3dmm register`, `p3dmm render`, ...
+run): FLAME -> scans (synthetic layouts only) -> registration (Ray) -> shards (Ray) -> training (DDP, a
+subprocess, optionally through infra/'s torchrun launcher) -> fitting of held-out views (Ray when an
+address is given) with the mean-shape baseline -> evaluation -> report.html.
+
+Every stage writes `OUT/stages/<stage>.json` when it finishes: its settings, seconds and status. A rerun
+skips a stage whose record says ok with the same settings; a stage cut short reruns and its command's
+own resume (manifests, shard plans, checkpoints) continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from p3dmm.flame.atomic import atomic_write
+
+STAGES = ("flame", "scans", "register", "render", "train", "fit", "eval")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FlameSpec:
+    """path: a real FLAME folder (generic_model.pkl, ...); unset: a synthetic FLAME-format model."""
+
+    path: str | None = None
+    vertices: int = 5023
+    seed: int = 0
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset: `source` is its layout (nphm, facescape, facescape-mview, ava256, generic); `root` its
+    folder, unset for synthetic scans of that layout (`subjects` x `expressions`, with ground truth)."""
+
+    source: str
+    root: str | None = None
+    name: str | None = None
+    subjects: int = 1
+    expressions: int = 2
+    seed: int = 1
+    source_options: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.source
+
+
+@dataclass
+class RenderSpec:
+    views: int = 6
+    photos: int = 3
+    size: int = 256
+    samples_per_shard: int = 24
+    val_fraction: float = 0.1
+    include_rejected: bool = False
+
+
+@dataclass
+class TrainSpec:
+    """config: a LightningCLI config; devices: processes (DDP); launcher: "local" (`p3dmm train fit` with
+    Lightning's own launcher) or "torchrun" (infra/train/torchrun-train.sh); args: more overrides;
+    priors: an already exported priors file to use instead of training."""
+
+    config: str = "configs/train-tiny.yaml"
+    devices: int = 2
+    launcher: str = "local"
+    args: list[str] = field(default_factory=list)
+    priors: str | None = None
+
+
+@dataclass
+class FitSpec:
+    split: str = "val"
+    limit: int | None = None
+    batch_size: int = 8
+    steps: int = 200
+    raster_size: int = 128
+    baseline: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    out: str
+    flame: FlameSpec
+    datasets: list[DatasetSpec]
+    register: dict
+    render: RenderSpec
+    train: TrainSpec
+    fit: FitSpec
+    address: str | None = None
+    num_cpus: int | None = None
+    progress: bool = True
+
+
+class StageError(RuntimeError):
+    """A stage that could not produce its outputs; the message names the stage and the reason."""
+
+
+def synthetic_source_options(source: str, root: Path) -> dict[str, str]:
+    """Adapter options the synthetic layouts need (files written next to the scans, as in the real data)."""
+    return {"facescape": {"landmark_indices": str(root / "landmark_indices.npz")},
+            "facescape-mview": {"rt_scale_dict": str(root / "Rt_scale_dict.json")},
+            "ava256": {"topology": str(root / "assets" / "face_topology.obj")}}.get(source, {})
+
+
+class Pipeline:
+    """Runs the stages of a PipelineConfig in order, skipping finished ones."""
+
+    def __init__(self, config: PipelineConfig, skip: tuple[str, ...] = (), log: Callable[[str], None] = print):
+        unknown = set(skip) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) to skip: {sorted(unknown)} (stages: {', '.join(STAGES)})")
+        self.config, self.skip, self.log = config, set(skip), log
+        self.out = Path(config.out)
+        self.records = self.out / "stages"
+        self._ray_started = False
+
+    def _ensure_ray(self) -> None:
+        """One Ray session for every Ray stage of the run (each command would otherwise start its own)."""
+        from p3dmm.pipeline.jobs import init_ray
+
+        self._ray_started |= init_ray(self.config.address, self.config.num_cpus)
+
+    # -- paths every stage and the report agree on ------------------------------------------------------
+    @property
+    def flame_dir(self) -> Path:
+        return Path(self.config.flame.path) if self.config.flame.path else self.out / "flame"
+
+    def scans_dir(self, ds: DatasetSpec) -> Path:
+        return Path(ds.root) if ds.root else self.out / "scans" / ds.label
+
+    def registered_dir(self, ds: DatasetSpec) -> Path:
+        return self.out / "registered" / ds.label
+
+    @property
+    def priors(self) -> Path:
+        return Path(self.config.train.priors) if self.config.train.priors else self.out / "train" / "priors.pt"
+
+    # -- running -----------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from p3dmm.pipeline.report import write_report
+
+        self.records.mkdir(parents=True, exist_ok=True)
+        try:
+            for stage in STAGES:
+                self._run_stage(stage, getattr(self, f"stage_{stage}"))
+        finally:
+            if self._ray_started:
+                import ray
+
+                ray.shutdown()
+        page = write_report(self)
+        self.log(f"report: {page}")
+        return page
+
+    def settings(self, stage: str) -> dict:
+        c = self.config
+        return {"flame": asdict(c.flame), "scans": [asdict(d) for d in c.datasets],
+                "register": {"datasets": [asdict(d) for d in c.datasets], "registration": c.register,
+                             "flame": asdict(c.flame)},
+                "render": asdict(c.render), "train": asdict(c.train), "fit": asdict(c.fit),
+                "eval": asdict(c.fit)}[stage]
+
+    def record(self, stage: str) -> dict | None:
+        path = self.records / f"{stage}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _run_stage(self, stage: str, body: Callable[[], dict]) -> None:
+        settings = self.settings(stage)
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        previous = self.record(stage)
+        if stage in self.skip:
+            self.log(f"[{stage}] skipped (--skip)")
+            return
+        if previous and previous.get("status") == "ok" and previous.get("settings_hash") == digest:
+            self.log(f"[{stage}] done earlier ({previous['seconds']:.1f} s), reused")
+            return
+        self.log(f"[{stage}] running")
+        start = time.perf_counter()
+        try:
+            details = body()
+        except Exception as e:
+            seconds = time.perf_counter() - start
+            self._write_record(stage, {"status": "failed", "error": f"{type(e).__name__}: {e}", "seconds": seconds,
+                                       "settings_hash": digest})
+            raise StageError(f"stage {stage} failed after {seconds:.1f} s: {e}") from e
+        seconds = time.perf_counter() - start
+        self._write_record(stage, {"status": "ok", "seconds": seconds, "settings_hash": digest,
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(details or {})})
+        self.log(f"[{stage}] finished in {seconds:.1f} s")
+
+    def _write_record(self, stage: str, record: dict) -> None:
+        atomic_write(self.records / f"{stage}.json", (json.dumps(record, indent=1) + "\n").encode())
+
+    def _command(self, rc: int, what: str, ok: tuple[int, ...] = (0,)) -> int:
+        if rc not in ok:
+            raise StageError(f"{what} exited with status {rc}")
+        return rc
+
+    # -- the stages ----------------------------------------------------------------------------------------
+    def stage_flame(self) -> dict:
+        from p3dmm.commands import flame
+
+        c = self.config.flame
+        if c.path:
+            self._command(flame.check(flame=Path(c.path)), f"p3dmm flame check --flame {c.path}")
+            return {"model": c.path}
+        self._command(flame.synth(out=self.flame_dir, vertices=c.vertices, seed=c.seed), "p3dmm flame synth")
+        self._command(flame.preview(out=self.out / "flame_preview.png", flame=self.flame_dir), "p3dmm flame preview")
+        return {"model": "synthetic", "vertices": c.vertices}
+
+    def stage_scans(self) -> dict:
+        from p3dmm.commands.register import synth_scans
+
+        written = {}
+        for ds in self.config.datasets:
+            if ds.root:
+                if not Path(ds.root).is_dir():
+                    raise StageError(f"dataset {ds.label}: root {ds.root} not found")
+                continue
+            root = self.scans_dir(ds)
+            self._command(synth_scans(layout=ds.source, out=root, flame=self.flame_dir, subjects=ds.subjects,
+                                      expressions=ds.expressions, seed=ds.seed), f"p3dmm synth scans {ds.label}")
+            written[ds.label] = ds.subjects * ds.expressions
+        return {"synthetic_scans": written}
+
+    def stage_register(self) -> dict:
+        self._ensure_ray()
+        from p3dmm.commands import register
+
+        c = self.config
+        failures = {}
+        for ds in c.datasets:
+            root, out = self.scans_dir(ds), self.registered_dir(ds)
+            options = {**(synthetic_source_options(ds.source, root) if not ds.root else {}), **ds.source_options}
+            rc = register.run(source=ds.source, root=root, out=out, flame=self.flame_dir, address=c.address,
+                              num_cpus=c.num_cpus, limit=ds.limit, source_options=options, registration=c.register,
+                              progress=c.progress)
+            failures[ds.label] = rc  # 1: some scans failed (recorded in the manifest); the rest go on
+            if (root / "_truth").is_dir():
+                self._command(register.evaluate(out=out, truth=root), f"p3dmm register eval {ds.label}")
+            self._command(register.report(out=out, progress=False), f"p3dmm register report {ds.label}")
+        return {"datasets_with_failures": [k for k, rc in failures.items() if rc]}
+
+    def stage_render(self) -> dict:
+        self._ensure_ray()
+        from p3dmm.commands import render
+
+        c, r = self.config, self.config.render
+        shards = self.out / "shards"
+        rc = render.run(registered=[self.registered_dir(ds) for ds in c.datasets], out=shards, views=r.views,
+                        size=r.size, photos=r.photos, samples_per_shard=r.samples_per_shard,
+                        val_fraction=r.val_fraction, include_rejected=r.include_rejected, address=c.address, num_cpus=c.num_cpus, progress=c.progress)
+        self._command(rc, "p3dmm render", ok=(0, 1))
+        self._command(render.verify(shards=shards), "p3dmm shards verify")
+        self._command(render.preview(shards=shards, out=self.out / "shards_preview.png", n=12),
+                      "p3dmm shards preview")
+        return {}
+
+    def stage_train(self) -> dict:
+        t = self.config.train
+        if t.priors:
+            if not Path(t.priors).is_file():
+                raise StageError(f"train.priors {t.priors} not found")
+            return {"priors": t.priors}
+        root = self.out / "train"
+        overrides = ["--config", t.config, "--data.shards", str(self.out / "shards"),
+                     "--trainer.default_root_dir", str(root), *t.args]
+        if (root / "checkpoints" / "last.ckpt").is_file():
+            overrides += ["--ckpt_path", "last"]  # a stage cut short continues from its last checkpoint
+        env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), "HF_HUB_OFFLINE": "1"}
+        if t.launcher == "torchrun":
+            command = ["bash", str(REPO / "infra" / "train" / "torchrun-train.sh"), *overrides]
+            env["NPROC"] = str(t.devices)
+        elif t.launcher == "local":
+            command = [sys.executable, "-m", "p3dmm", "train", "fit", *overrides[:2], "--trainer.devices", str(t.devices),
+                       *overrides[2:]]  # after --config, so the file does not override it
+        else:
+            raise StageError(f"train.launcher must be local or torchrun, got {t.launcher!r}")
+        self.log("  " + " ".join(command))
+        done = subprocess.run(command, env=env, cwd=REPO)
+        self._command(done.returncode, "training")
+        from p3dmm.commands.train import export
+
+        self._command(export(ckpt=root / "checkpoints" / "last.ckpt", out=self.priors), "p3dmm train export")
+        return {"devices": t.devices, "launcher": t.launcher}
+
+    def stage_fit(self) -> dict:
+        self._ensure_ray()
+        from p3dmm.commands import fit
+
+        c, f = self.config, self.config.fit
+        runs = {"fit": True, "fit-baseline": False} if f.baseline else {"fit": True}
+        for name, shape in runs.items():
+            rc = fit.run(priors=self.priors, out=self.out / name, shards=self.out / "shards", split=f.split,
+                         limit=f.limit, flame=self.flame_dir, batch_size=f.batch_size, steps=f.steps,
+                         raster_size=f.raster_size, shape=shape, address=c.address, num_cpus=c.num_cpus,
+                         workers=None if c.address else 1, progress=c.progress)  # Ray actors (a local Ray here)
+            self._command(rc, f"p3dmm fit ({name})", ok=(0, 1))
+        return {}
+
+    def stage_eval(self) -> dict:
+        from p3dmm.commands import evaluate
+
+        for name in ("fit", "fit-baseline") if self.config.fit.baseline else ("fit",):
+            pred = self.out / name
+            self._command(evaluate.run(pred=pred, gt=pred / "inputs" / "gt", flame=self.flame_dir), f"p3dmm eval {name}")
+        return {}
