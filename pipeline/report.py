@@ -88,9 +88,10 @@ def _training(p: Pipeline) -> dict | None:
         return None
     rows = [row for run in runs for row in read_history(run)]  # a resumed training adds a run
     train = [(r["trainer/global_step"], r["train/loss"]) for r in rows if "train/loss" in r and "trainer/global_step" in r]
+    steps = max((r["trainer/global_step"] for r in rows if "trainer/global_step" in r), default=0)
     val = [(r["trainer/global_step"], r) for r in rows if "val/loss" in r and "trainer/global_step" in r]
     last = val[-1][1] if val else {}
-    return {"run": str(runs[0].parent), "steps": max((s for s, _ in train), default=0), "train_loss": train,
+    return {"run": str(runs[0].parent), "steps": steps, "train_loss": train,
             "val": [(s, r["val/loss"]) for s, r in val],
             "last_val": {k: v for k, v in last.items() if k.startswith("val/all/") or k == "val/loss"}}
 
@@ -126,6 +127,7 @@ def write_report(p: Pipeline) -> Path:
     """Write OUT/report.json and OUT/report.html; return the page's path."""
     data = collect(p)
     atomic_write(p.out / "report.json", (json.dumps(data, indent=1) + "\n").encode())
+    (p.out / "report_assets").mkdir(exist_ok=True)
     curves = _curves_png(data["train"], p.out / "report_assets" / "training_curves.png") if data["train"] else None
     page = _html(p, data, curves)
     atomic_write(p.out / "report.html", page.encode())
@@ -165,7 +167,7 @@ h1{margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top
 table{border-collapse:collapse;font-size:14px;margin:8px 0}td,th{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}figure{margin:10px 0}figcaption{color:#666;font-size:13px}
 img{border:1px solid #ddd}.ok{color:#17803d}.failed{color:#b3261e}.missing{color:#b3261e}.row{display:flex;gap:12px;flex-wrap:wrap}
-.row figure{flex:1 1 300px}.note{color:#555;font-size:14px}"""
+.row figure{flex:1 1 0;min-width:0}.note{color:#555;font-size:14px}"""
 
 
 def _html(p: Pipeline, data: dict, curves: Path | None) -> str:
@@ -180,11 +182,12 @@ def _html(p: Pipeline, data: dict, curves: Path | None) -> str:
         if record is None:
             rows.append([name, "not run", ""])
         else:
-            rows.append([name, record["status"], f"{record['seconds']:.1f} s"])
-    parts.append(_table(["stage", "status", "time"], rows))
+            rows.append([name, record["status"], f"{record['seconds']:.1f} s", record.get("error", "")])
+    parts.append(_table(["stage", "status", "time", "error"], rows))
     if (p.out / "flame_preview.png").is_file():
         parts += ["<h2>FLAME model</h2>", _img(p, p.out / "flame_preview.png",
-                                               "the synthetic FLAME-format model: identities, jaw/eye/neck poses, expressions")]
+                                               "the synthetic FLAME-format model: identities, jaw/eye/neck poses, "
+                                               "expressions", width="75%")]
     parts += _registration_html(p, data)
     parts += _shards_html(p, data)
     parts += _training_html(p, data, curves)
@@ -207,13 +210,12 @@ def _registration_html(p: Pipeline, data: dict) -> list[str]:
     parts.append(_table(["dataset", "scans", "registered", "failed", "accepted by QA", "median error (mm)",
                          "p95 error (mm)"], rows))
     parts.append(_failures(failures))
-    figs = []
-    for ds in p.config.datasets:
+    for ds in p.config.datasets:  # one row per dataset: error histograms | one scan's QA panel
         report = p.registered_dir(ds) / "report"
-        figs.append(_img(p, report / "errors.png", f"{ds.label}: per-scan error histograms"))
-        overlays = sorted((report / "scans").glob("*.png"))[:1]
-        figs += [_img(p, o, f"{ds.label}: scan | registration | overlay | error") for o in overlays]
-    parts.append("<div class='row'>" + "".join(figs) + "</div>")
+        figs = [_img(p, report / "errors.png", f"{ds.label}: per-scan error histograms (median, p95)")]
+        figs += [_img(p, o, f"{ds.label} {o.stem}: scan | registration | overlay | error")
+                 for o in sorted((report / "scans").glob("*.png"))[:1]]
+        parts.append("<div class='row'>" + "".join(figs) + "</div>")
     return parts
 
 

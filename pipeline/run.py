@@ -155,6 +155,9 @@ class Pipeline:
         try:
             for stage in STAGES:
                 self._run_stage(stage, getattr(self, f"stage_{stage}"))
+        except StageError:
+            self.log(f"report (up to the failed stage): {write_report(self)}")
+            raise
         finally:
             if self._ray_started:
                 import ray
@@ -264,7 +267,7 @@ class Pipeline:
                         val_fraction=r.val_fraction, include_rejected=r.include_rejected, address=c.address, num_cpus=c.num_cpus, progress=c.progress)
         self._command(rc, "p3dmm render", ok=(0, 1))
         self._command(render.verify(shards=shards), "p3dmm shards verify")
-        self._command(render.preview(shards=shards, out=self.out / "shards_preview.png", n=12),
+        self._command(render.preview(shards=shards, out=self.out / "shards_preview.png", n=6),
                       "p3dmm shards preview")
         return {}
 

@@ -84,3 +84,26 @@ def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys):
     assert len(re.findall(r"done earlier .* reused", log)) == 7
     after = {p: p.stat().st_mtime_ns for p in before}
     assert before == after
+
+
+def test_failed_stage_is_named_recorded_and_reported(tmp_path, capsys):
+    config = _config(tmp_path)
+    config["flame"] = {"path": str(tmp_path / "no-flame-here")}
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert "stage flame failed" in err
+    record = json.loads((tmp_path / "run" / "stages" / "flame.json").read_text())
+    assert record["status"] == "failed" and record["error"]
+    assert "failed" in (tmp_path / "run" / "report.html").read_text()
+    assert not (tmp_path / "run" / "stages" / "scans.json").exists()  # nothing ran after it
+
+
+def test_unknown_config_key_is_refused(tmp_path, capsys):
+    config = _config(tmp_path)
+    config["render"]["veiws"] = 3
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", str(config_file)]) == 2
+    assert "render: unknown key(s) 'veiws'" in capsys.readouterr().err
