@@ -67,7 +67,7 @@ def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys):
     # fitting and evaluation: the fit manifests and eval.json of ours and of the baseline
     for name in ("fit", "fit-baseline"):
         fitted = [json.loads(line) for line in (run / name / "manifest.jsonl").read_text().splitlines()]
-        assert report["fit"][name]["images"] == len(fitted) == 3
+        assert report["fit"][name]["images"] == len(fitted) == min(3, index["splits"]["val"]["samples"])
         summary = json.loads((run / name / "eval" / "eval.json").read_text())["summary"]
         assert report["fit"][name]["summary"] == summary
         assert f"{summary['neutral']['chamfer_l1_mm']:.3f}" in page
