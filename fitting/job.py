@@ -104,9 +104,10 @@ class FitWorker:
             result = fit_batch(self.flame, pred, self.fit_vertices, self.vertex_uv, self.mirror, self.config,
                                subject_index=subject_index)
             for b, name in enumerate(names):
-                normal = pred["normal"][b].permute(1, 2, 0).cpu().numpy()
+                normal = pred["normal"][b].float().permute(1, 2, 0).cpu().numpy()
+                uv = pred["uv"][b].float().permute(1, 2, 0).cpu().numpy()
                 write_outputs(self.out, name, result, b, self.assets.model.faces, images_np[b], normal,
-                              self.config.raster_size)
+                              self.config.raster_size, pred_uv=uv)
                 entries.append({"id": name, "status": "ok", "reason": None, "subject": labels[b],
                                 "losses": result.losses})
         return entries

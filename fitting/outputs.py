@@ -1,6 +1,7 @@
-"""Per-image fitting outputs: FLAME parameters (json), posed and neutral meshes (.ply), an overlay PNG.
+"""Per-image fitting outputs: FLAME parameters (json), posed and neutral meshes (.ply), an overlay PNG and
+the predicted maps as 16-bit PNGs.
 
-All written atomically under OUT/<image id>.{json,posed.ply,neutral.ply,overlay.png}.
+All written atomically under OUT/<image id>.{json,posed.ply,neutral.ply,overlay.png,pred_normal.png,pred_uv.png}.
 """
 
 from __future__ import annotations
@@ -60,9 +61,40 @@ def overlay_panel(image: np.ndarray, pred_normal: np.ndarray, result: FitResult,
     return image_grid(panels, ncols=4, labels=["input", "fitted FLAME", "predicted normals", "fitted normals"])
 
 
+def encode_maps(normal: np.ndarray, uv: np.ndarray) -> tuple[bytes, bytes]:
+    """16-bit grey PNGs of predicted maps, channels stacked vertically: normals (3H, W) with
+    n = value / 65535 * 2 - 1, UV (2H, W) with (u, 1 - v) = value / 65535 (the shards' uv.png encoding)."""
+    import io
+
+    from PIL import Image
+
+    def png(channels: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.concatenate(list(channels), axis=0).astype(np.uint16)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    n = np.rint((np.clip(normal, -1, 1) + 1) / 2 * 65535).transpose(2, 0, 1)
+    t = np.rint(np.clip(uv, 0, 1) * 65535).transpose(2, 0, 1)
+    return png(n), png(t)
+
+
+def decode_map(path: str | Path, channels: int, signed: bool) -> np.ndarray:
+    """(H, W, channels) float map from a file written by `encode_maps`."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        stacked = np.asarray(im).astype(np.float64) / 65535
+    maps = np.stack(np.split(stacked, channels, axis=0), axis=-1)
+    return maps * 2 - 1 if signed else maps
+
+
 def write_outputs(out: Path, name: str, result: FitResult, b: int, faces: np.ndarray, image: np.ndarray,
-                  pred_normal: np.ndarray, size: int) -> None:
+                  pred_normal: np.ndarray, size: int, pred_uv: np.ndarray | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if pred_uv is not None:
+        normal_png, uv_png = encode_maps(pred_normal, pred_uv)
+        atomic_write(out / f"{name}.pred_normal.png", normal_png)
+        atomic_write(out / f"{name}.pred_uv.png", uv_png)
     save_mesh(out / f"{name}.posed.ply", result.vertices[b].cpu().numpy(), faces)
     save_mesh(out / f"{name}.neutral.ply", result.neutral[b].cpu().numpy(), faces)
     save_png(out / f"{name}.overlay.png", overlay_panel(image, pred_normal, result, b, faces, size))

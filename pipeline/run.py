@@ -5,9 +5,11 @@ run): FLAME -> scans (synthetic layouts only) -> registration (Ray) -> shards (R
 subprocess, optionally through infra/'s torchrun launcher) -> fitting of held-out views (Ray when an
 address is given) with the mean-shape baseline -> evaluation -> report.html.
 
-Every stage writes `OUT/stages/<stage>.json` when it finishes: its settings, seconds and status. A rerun
-skips a stage whose record says ok with the same settings; a stage cut short reruns and its command's
-own resume (manifests, shard plans, checkpoints) continues where it stopped.
+Every stage writes `OUT/stages/<stage>.json` when it finishes: a digest of its settings and of the stages
+before it, seconds and status. A rerun skips a stage whose record says ok with the same digest; a stage cut
+short reruns and its command's own resume (manifests, shard plans, checkpoints) continues where it stopped;
+a stage whose settings or upstream results changed starts over (its outputs in the run folder are removed
+first), and so does every stage after it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -152,9 +155,10 @@ class Pipeline:
         from p3dmm.pipeline.report import write_report
 
         self.records.mkdir(parents=True, exist_ok=True)
+        upstream = ""
         try:
             for stage in STAGES:
-                self._run_stage(stage, getattr(self, f"stage_{stage}"))
+                upstream = self._run_stage(stage, getattr(self, f"stage_{stage}"), upstream)
         except StageError:
             self.log(f"report (up to the failed stage): {write_report(self)}")
             raise
@@ -179,16 +183,37 @@ class Pipeline:
         path = self.records / f"{stage}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def _run_stage(self, stage: str, body: Callable[[], dict]) -> None:
+    def outputs(self, stage: str) -> list[Path]:
+        """What a stage writes inside the run folder (never a user's FLAME folder or dataset root)."""
+        c, out = self.config, self.out
+        return {"flame": [] if c.flame.path else [out / "flame", out / "flame_preview.png"],
+                "scans": [self.scans_dir(d) for d in c.datasets if not d.root],
+                "register": [self.registered_dir(d) for d in c.datasets],
+                "render": [out / "shards", out / "shards_preview.png"],
+                "train": [] if c.train.priors else [out / "train"],
+                "fit": [out / "fit", out / "fit-baseline"],
+                "eval": [out / "fit" / "eval", out / "fit-baseline" / "eval"]}[stage]
+
+    def _run_stage(self, stage: str, body: Callable[[], dict], upstream: str) -> str:
+        """Run one stage unless its record says it finished with these settings and these upstream results.
+        Returns the stage's digest, which the next stage's digest includes: a stage that reran (new
+        settings, new inputs) makes every later stage run again on its new outputs."""
         settings = self.settings(stage)
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps([settings, upstream], sort_keys=True).encode()).hexdigest()[:16]
         previous = self.record(stage)
         if stage in self.skip:
             self.log(f"[{stage}] skipped (--skip)")
-            return
+            return previous.get("settings_hash", "") if previous else ""
         if previous and previous.get("status") == "ok" and previous.get("settings_hash") == digest:
             self.log(f"[{stage}] done earlier ({previous['seconds']:.1f} s), reused")
-            return
+            return digest
+        if previous and previous.get("settings_hash") != digest:
+            stale = [p for p in self.outputs(stage) if p.exists()]
+            if stale:  # made with other settings or from other inputs: resuming them would mix the two
+                self.log(f"[{stage}] settings or inputs changed since the last run: removing "
+                         + ", ".join(str(p) for p in stale))
+                for path in stale:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.log(f"[{stage}] running")
         start = time.perf_counter()
         try:
@@ -202,6 +227,7 @@ class Pipeline:
         self._write_record(stage, {"status": "ok", "seconds": seconds, "settings_hash": digest,
                                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **(details or {})})
         self.log(f"[{stage}] finished in {seconds:.1f} s")
+        return digest
 
     def _write_record(self, stage: str, record: dict) -> None:
         atomic_write(self.records / f"{stage}.json", (json.dumps(record, indent=1) + "\n").encode())

@@ -85,6 +85,18 @@ def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys):
     after = {p: p.stat().st_mtime_ns for p in before}
     assert before == after
 
+    # new fitting settings: the earlier stages are reused, fit and eval start over on their own
+    config = _config(tmp_path)
+    config["fit"]["steps"] = 5
+    config_file.write_text(yaml.safe_dump(config))
+    old_fit = (run / "fit" / "manifest.jsonl").stat().st_mtime_ns
+    assert main(["run", "--config", str(config_file)]) == 0
+    log = capsys.readouterr().out
+    assert len(re.findall(r"done earlier .* reused", log)) == 5
+    assert "[fit] settings or inputs changed" in log and "[eval] running" in log
+    assert (run / "fit" / "manifest.jsonl").stat().st_mtime_ns != old_fit
+    assert len((run / "fit" / "manifest.jsonl").read_text().splitlines()) == report["fit"]["fit"]["images"]
+
 
 def test_failed_stage_is_named_recorded_and_reported(tmp_path, capsys):
     config = _config(tmp_path)

@@ -14,5 +14,6 @@ source .venv/bin/activate
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 nodes=${SLURM_JOB_NUM_NODES:-1}
 gpus=${SLURM_NTASKS_PER_NODE:-8}
-srun --kill-on-bad-exit=1 p3dmm train fit --trainer.num_nodes "$nodes" --trainer.devices "$gpus" \
-    --trainer.strategy ddp "$@"
+# the launcher's settings come after "$@": a --config there would otherwise reset them
+srun --kill-on-bad-exit=1 p3dmm train fit "$@" --trainer.num_nodes "$nodes" --trainer.devices "$gpus" \
+    --trainer.strategy ddp

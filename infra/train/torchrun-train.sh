@@ -11,6 +11,7 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 NPROC=${NPROC:-$(.venv/bin/python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+# the launcher's settings come after "$@": a --config there would otherwise reset them
 exec .venv/bin/python -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" \
     --nproc_per_node "$NPROC" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m p3dmm train fit --trainer.num_nodes "$NNODES" --trainer.devices "$NPROC" --trainer.strategy ddp "$@"
+    -m p3dmm train fit "$@" --trainer.num_nodes "$NNODES" --trainer.devices "$NPROC" --trainer.strategy ddp

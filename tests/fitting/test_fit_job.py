@@ -59,7 +59,7 @@ def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
     for name in ("a", "b", "sub__c"):
         params = json.loads((out / f"{name}.json").read_text())
         assert len(params["pose"]) == 15 and params["camera"]["focal_px"] > 0
-        for suffix in ("posed.ply", "neutral.ply", "overlay.png"):
+        for suffix in ("posed.ply", "neutral.ply", "overlay.png", "pred_normal.png", "pred_uv.png"):
             assert (out / f"{name}.{suffix}").stat().st_size > 0
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert len(lines) == 5
@@ -102,3 +102,19 @@ def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "1 fitted, 1 failed" in text and "failed noise" in text and "no face found" in text
     assert (out / "person.overlay.png").is_file() and not (out / "noise.json").exists()
+
+
+def test_predicted_maps_round_trip_through_16_bit_png(tmp_path):
+    from p3dmm.fitting.outputs import decode_map, encode_maps
+
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(24, 20, 3))
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    uv = rng.uniform(size=(24, 20, 2))
+    normal_png, uv_png = encode_maps(normal, uv)
+    (tmp_path / "n.png").write_bytes(normal_png)
+    (tmp_path / "u.png").write_bytes(uv_png)
+    assert np.abs(decode_map(tmp_path / "n.png", 3, signed=True) - normal).max() < 2e-5
+    assert np.abs(decode_map(tmp_path / "u.png", 2, signed=False) - uv).max() < 1e-5
+    with Image.open(tmp_path / "u.png") as im:
+        assert im.mode.startswith("I") and im.size == (20, 48)  # 16-bit grey, channels stacked

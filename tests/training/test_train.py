@@ -112,14 +112,20 @@ def test_resume_continues_at_step_and_learning_rate(shards, tmp_path):
 
 
 def test_two_nodes_through_torchrun(shards, tmp_path):
-    """Two launcher processes, one per 'node' (--nnodes 2), as a cluster scheduler would start them."""
+    """Two launcher processes, one per 'node', through infra/train/torchrun-train.sh with the environment a
+    cluster scheduler sets (NNODES, NODE_RANK, MASTER_ADDR/PORT); a --config in the arguments must not reset
+    the launcher's node and device counts."""
     root = tmp_path / "two_nodes"
-    args = ["--data.shards", str(shards), "--trainer.num_nodes", "2", "--trainer.devices", "1",
-            "--trainer.max_steps", "3", "--data.train_batches", "3", "--trainer.limit_val_batches", "0",
-            "--trainer.default_root_dir", str(root)]
-    procs = [_fit(args, tmp_path, launcher=[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-                                            "--node_rank", str(n), "--nproc_per_node", "1", "--master_addr",
-                                            "127.0.0.1", "--master_port", "29547", "-m"]) for n in (0, 1)]
+    config = tmp_path / "base.yaml"
+    config.write_text("trainer:\n  num_nodes: 1\n  devices: 1\n  max_steps: 3\n")
+    args = ["--config", str(config), *TINY_ARGS, "--data.shards", str(shards), "--trainer.max_steps", "3",
+            "--data.train_batches", "3", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root)]
+    launcher = Path(__file__).resolve().parents[2] / "infra" / "train" / "torchrun-train.sh"
+    procs = [subprocess.Popen(["bash", str(launcher), *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**ENV, "NNODES": "2", "NODE_RANK": str(n), "NPROC": "1", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": "29547"})
+             for n in (0, 1)]
     outs = [_wait(p) for p in procs]
     assert read_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == 3
     assert any("GLOBAL_RANK: 1" in o or "global_rank=1" in o or "Initializing distributed: GLOBAL_RANK: 1" in o
