@@ -249,3 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as e:
         print(f"p3dmm: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output folder that cannot be written, a full disk: the message names the path
+        print(f"p3dmm: error: {e}", file=sys.stderr)
+        return 2

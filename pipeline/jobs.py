@@ -2,13 +2,15 @@
 
 The driver knows nothing of what a task computes. A task takes one item and returns a small dict
 with at least `status` ("ok", "rejected" or "failed") and `reason`; it writes its own outputs
-atomically. Bad input is a returned "failed" (recorded, skipped, never retried); a raised exception
+atomically. Bad input is a returned "failed" (recorded, skipped, never retried); a full disk or a
+read-only output is an "error" (recorded, done again by the next run); a raised exception
 of a transient kind is retried by Ray (`retry_exceptions`); a dead worker is retried (`max_retries`).
 At most `max_in_flight` tasks are pending, so memory stays bounded for any number of items.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 import traceback
@@ -19,6 +21,8 @@ from typing import Any
 from p3dmm.pipeline.manifest import Manifest
 
 FINISHED = ("ok", "rejected", "failed")
+# a full disk or a read-only / over-quota output: recorded as "error" (not finished), so a rerun redoes it
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
 
 
@@ -101,7 +105,7 @@ def run_job(
                 manifest.append(entry)
                 status = entry.get("status", "failed")
                 summary.counts[status] = summary.counts.get(status, 0) + 1
-                if status == "failed":
+                if status in ("failed", "error"):
                     summary.failed.append((item_id, str(entry.get("reason"))))
                 bar.update(1)
     finally:
@@ -115,6 +119,12 @@ def _first_line(e: BaseException) -> str:
     return text[-1] if text else ""
 
 
+def _failed(e: BaseException) -> dict:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return {"status": "failed", "reason": f"{type(e).__name__}: {_first_line(e)}{where}"}
+
+
 def _guarded(task: Callable[[Any], dict]) -> Callable[[Any], dict]:
     """Unexpected errors become a 'failed' record with the traceback's last line; transient ones raise."""
 
@@ -123,10 +133,13 @@ def _guarded(task: Callable[[Any], dict]) -> Callable[[Any], dict]:
             return task(payload)
         except TRANSIENT_ERRORS:
             raise
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                return _failed(e)
+            # the machine's fault, not the input's: recorded as "error", which a rerun does again
+            return {"status": "error", "reason": f"{type(e).__name__}: {_first_line(e)}"}
         except Exception as e:
-            tb = traceback.extract_tb(e.__traceback__)
-            where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
-            return {"status": "failed", "reason": f"{type(e).__name__}: {_first_line(e)}{where}"}
+            return _failed(e)
 
     run.__name__ = getattr(task, "__name__", "task")
     return run

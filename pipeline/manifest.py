@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 class Manifest:
@@ -33,12 +33,24 @@ class Manifest:
         return entry is not None and entry.get("status") in statuses
 
     def append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, sort_keys=True, default=_jsonable) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+        """Write and fsync one line. A torn last line (a full disk or a power cut mid-write) is ended first,
+        else this entry would be glued onto it and lost with it when the file is read back."""
+        data = (json.dumps(entry, sort_keys=True, default=_jsonable) + "\n").encode("utf-8")
+        with open(self.path, "a+b") as f:
+            if _ends_mid_line(f):
+                data = b"\n" + data
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         self.entries[entry["id"]] = entry
+
+
+def _ends_mid_line(f: BinaryIO) -> bool:
+    end = f.seek(0, os.SEEK_END)
+    if end == 0:
+        return False
+    f.seek(end - 1)
+    return f.read(1) != b"\n"
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.atomic import atomic_write, remove_stale_temporaries
 from p3dmm.pipeline.jobs import JobSummary, init_ray, run_job
 from p3dmm.pipeline.manifest import Manifest
 
@@ -117,6 +117,7 @@ def run_registration(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "job.json", (json.dumps(asdict(job), indent=2, default=str) + "\n").encode())
     started = init_ray(address, num_cpus)
+    remove_stale_temporaries(out / "registered")  # a worker killed mid-write in an earlier run
     manifest = Manifest(out / "manifest.jsonl")
     items = [(r.scan_id, (r, job)) for r in records]
     try:

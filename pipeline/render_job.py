@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from p3dmm.flame.atomic import atomic_write, atomic_writer
+from p3dmm.flame.atomic import atomic_write, atomic_writer, remove_stale_temporaries
 from p3dmm.pipeline.jobs import JobSummary, init_ray, run_job
 from p3dmm.pipeline.manifest import Manifest
 
@@ -243,7 +243,7 @@ def run_render(registered: Sequence[str | Path], out: str | Path, config: Render
                address: str | None = None, num_cpus: int | None = None, progress: bool = True
                ) -> tuple[JobSummary, dict]:
     """Plan (or reload the plan), render the unfinished shards on Ray, write index.json."""
-    out = Path(out)
+    out = Path(out).resolve()  # workers on other nodes (or in another working folder) write here
     out.mkdir(parents=True, exist_ok=True)
     flame_dir, scans = list_registered(registered)
     shards = plan_shards(scans, config)
@@ -258,6 +258,7 @@ def run_render(registered: Sequence[str | Path], out: str | Path, config: Render
         atomic_write(plan_file, (json.dumps(plan, indent=1) + "\n").encode())
     job = RenderJob(out_dir=str(out), flame_dir=flame_dir, config=config)
     started = init_ray(address, num_cpus)
+    remove_stale_temporaries(out)  # a worker killed mid-shard in an earlier run left its partial file
     manifest = Manifest(out / "manifest.jsonl")
     try:
         summary = run_job([(s.name, (s, job)) for s in shards], render_shard, manifest, skip=("ok",),

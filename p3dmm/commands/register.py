@@ -58,7 +58,9 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
     folder, _ = _load(flame)
     if not root.is_dir():
         raise CommandError(f"{root}: dataset root not found")
-    job = RegisterJob(source=source, root=str(root), flame_dir=str(folder), out_dir=str(out),
+    # absolute paths: Ray workers on other nodes (or another working folder) read and write them
+    job = RegisterJob(source=source, root=str(root.resolve()), flame_dir=str(Path(folder).resolve()),
+                      out_dir=str(out.resolve()),
                       source_options=dict(source_options or {}), registration=dict(registration or {}))
     summary = run_registration(job, address=address, num_cpus=num_cpus, limit=limit, progress=progress)
     for line in summary.lines():
