@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.pipeline.render_job import RenderConfig
 
 STAGES = ("flame", "scans", "register", "render", "train", "fit", "eval")
 REPO = Path(__file__).resolve().parent.parent
@@ -60,16 +61,6 @@ class DatasetSpec:
 
 
 @dataclass
-class RenderSpec:
-    views: int = 6
-    photos: int = 3
-    size: int = 256
-    samples_per_shard: int = 24
-    val_fraction: float = 0.1
-    include_rejected: bool = False
-
-
-@dataclass
 class TrainSpec:
     """config: a LightningCLI config; devices: processes (DDP); launcher: "local" (`p3dmm train fit` with
     Lightning's own launcher) or "torchrun" (infra/train/torchrun-train.sh); args: more overrides;
@@ -88,6 +79,7 @@ class FitSpec:
     limit: int | None = None
     batch_size: int = 8
     steps: int = 200
+    init_steps: int = 150
     raster_size: int = 128
     baseline: bool = True
 
@@ -98,7 +90,7 @@ class PipelineConfig:
     flame: FlameSpec
     datasets: list[DatasetSpec]
     register: dict
-    render: RenderSpec
+    render: RenderConfig  # the render command's own settings (views, size, photos, ...)
     train: TrainSpec
     fit: FitSpec
     address: str | None = None
@@ -288,9 +280,8 @@ class Pipeline:
 
         c, r = self.config, self.config.render
         shards = self.out / "shards"
-        rc = render.run(registered=[self.registered_dir(ds) for ds in c.datasets], out=shards, views=r.views,
-                        size=r.size, photos=r.photos, samples_per_shard=r.samples_per_shard,
-                        val_fraction=r.val_fraction, include_rejected=r.include_rejected, address=c.address, num_cpus=c.num_cpus, progress=c.progress)
+        rc = render.run(registered=[self.registered_dir(ds) for ds in c.datasets], out=shards, **asdict(r),
+                        address=c.address, num_cpus=c.num_cpus, progress=c.progress)
         self._command(rc, "p3dmm render", ok=(0, 1))
         self._command(render.verify(shards=shards), "p3dmm shards verify")
         self._command(render.preview(shards=shards, out=self.out / "shards_preview.png", n=6),
@@ -333,7 +324,7 @@ class Pipeline:
         runs = {"fit": True, "fit-baseline": False} if f.baseline else {"fit": True}
         for name, shape in runs.items():
             rc = fit.run(priors=self.priors, out=self.out / name, shards=self.out / "shards", split=f.split,
-                         limit=f.limit, flame=self.flame_dir, batch_size=f.batch_size, steps=f.steps,
+                         limit=f.limit, flame=self.flame_dir, batch_size=f.batch_size, steps=f.steps, init_steps=f.init_steps,
                          raster_size=f.raster_size, shape=shape, address=c.address, num_cpus=c.num_cpus,
                          workers=None if c.address else 1, progress=c.progress)  # Ray actors (a local Ray here)
             self._command(rc, f"p3dmm fit ({name})", ok=(0, 1))

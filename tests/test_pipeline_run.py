@@ -24,7 +24,7 @@ def _config(tmp_path):
         "train": {"config": "configs/train-tiny.yaml", "devices": 1,
                   "args": ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--data.batch_size", "2",
                            "--model.panels_every", "2", "--model.warmup_steps", "1"]},
-        "fit": {"batch_size": 4, "steps": 4, "raster_size": 32, "limit": 3},
+        "fit": {"batch_size": 4, "steps": 4, "init_steps": 10, "raster_size": 32, "limit": 3},
         "num_cpus": 2,
         "progress": False,
     }

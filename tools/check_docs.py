@@ -295,7 +295,7 @@ def _check_run_config(cfg: dict, repo: Path) -> str | None:
     """`p3dmm run`: every section's keys (the dataclasses the pipeline builds) and the training config."""
     from p3dmm.cli import CommandError
     from p3dmm.commands.run import _spec
-    from p3dmm.pipeline.run import STAGES, DatasetSpec, FitSpec, FlameSpec, RenderSpec, TrainSpec
+    from p3dmm.pipeline.run import STAGES, DatasetSpec, FitSpec, FlameSpec, RenderConfig, TrainSpec
 
     try:
         if not cfg.get("datasets"):
@@ -303,7 +303,7 @@ def _check_run_config(cfg: dict, repo: Path) -> str | None:
         for i, d in enumerate(cfg["datasets"]):
             _spec(DatasetSpec, d, f"datasets[{i}]")
         _spec(FlameSpec, cfg.get("flame"), "flame")
-        _spec(RenderSpec, cfg.get("render"), "render")
+        _spec(RenderConfig, cfg.get("render"), "render")
         _spec(FitSpec, cfg.get("fit"), "fit")
         train = _spec(TrainSpec, cfg.get("train"), "train")
     except CommandError as e:

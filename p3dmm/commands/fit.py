@@ -11,7 +11,7 @@ from p3dmm.cli import CommandError
 
 def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | None = None, split: str = "val",
         limit: PositiveInt | None = None, flame: Path | None = None, batch_size: PositiveInt = 8,
-        steps: PositiveInt = 300, raster_size: PositiveInt = 256, shape: bool = True, subjects: str | None = None,
+        steps: PositiveInt = 300, init_steps: int = 150, raster_size: PositiveInt = 256, shape: bool = True, subjects: str | None = None,
         boxes: Path | None = None, detect: bool = False, device: str | None = None, address: str | None = None,
         num_cpus: PositiveInt | None = None, workers: PositiveInt | None = None, progress: bool = True) -> int:
     """Fit FLAME to every image of a folder, or to the held-out views of a shard folder (batched; reruns
@@ -28,6 +28,7 @@ def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | N
         flame: FLAME folder; default: $P3DMM_FLAME_DIR.
         batch_size: images fitted together as one problem.
         steps: joint-stage optimisation steps.
+        init_steps: steps of the initialisation (rotation, translation, focal from the correspondences).
         raster_size: side of the rendered maps the fit compares.
         shape: fit the identity (FLAME shape); false keeps the mean shape (the baseline).
         subjects: multi-image mode: images of one subject share the shape. "folder" (one subject per
@@ -57,7 +58,8 @@ def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | N
             print(f"{split} views of {shards}: images {images}, ground truth {gt} (p3dmm eval --gt), "
                   f"subjects {subject_file}")
         summary = fit_images(images, priors, folder, out, batch_size=batch_size,
-                             config=FitConfig(steps=steps, raster_size=raster_size, fit_shape=shape), boxes=boxes,
+                             config=FitConfig(steps=steps, init_steps=init_steps, raster_size=raster_size,
+                                              fit_shape=shape), boxes=boxes,
                              device=device, address=address, num_cpus=num_cpus, workers=workers,
                              progress=progress, subjects=subjects, detect=detect)
     except (FileNotFoundError, ValueError) as e:

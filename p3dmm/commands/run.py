@@ -51,7 +51,7 @@ def run(*, out: Path, datasets: list[dict], flame: dict | None = None, register:
         FlameSpec,
         Pipeline,
         PipelineConfig,
-        RenderSpec,
+        RenderConfig,
         StageError,
         TrainSpec,
     )
@@ -61,7 +61,7 @@ def run(*, out: Path, datasets: list[dict], flame: dict | None = None, register:
     config = PipelineConfig(
         out=str(out), flame=_spec(FlameSpec, flame, "flame"),
         datasets=[_spec(DatasetSpec, d, f"datasets[{i}]") for i, d in enumerate(datasets)],
-        register=dict(register or {}), render=_spec(RenderSpec, render, "render"),
+        register=dict(register or {}), render=_spec(RenderConfig, render, "render"),
         train=_spec(TrainSpec, train, "train"), fit=_spec(FitSpec, fit, "fit"), address=address,
         num_cpus=num_cpus, progress=progress)
     try:

@@ -33,7 +33,7 @@ def test_fit_on_ray_with_two_cpus(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out = tmp_path / "fits"
     argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
-            "--out", str(out), "--batch-size", "2", "--steps", "3", "--raster-size", "32", "--progress", "false",
+            "--out", str(out), "--batch-size", "2", "--steps", "3", "--init-steps", "10", "--raster-size", "32", "--progress", "false",
             "--workers", "1", "--num-cpus", "2"]
     assert main(argv) == 0
     assert "3 fitted, 0 failed" in capsys.readouterr().out
@@ -52,7 +52,7 @@ def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
     Image.new("RGB", (12, 12)).save(images / "tiny.png")
     out = tmp_path / "fits"
     argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
-            "--out", str(out), "--batch-size", "2", "--steps", "5", "--raster-size", "32", "--progress", "false"]
+            "--out", str(out), "--batch-size", "2", "--steps", "5", "--init-steps", "10", "--raster-size", "32", "--progress", "false"]
     assert main(argv) == 1  # some images failed
     text = capsys.readouterr().out
     assert "failed corrupt" in text and "failed tiny" in text and "too small" in text
@@ -96,7 +96,7 @@ def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys):
     Image.fromarray((rng.integers(0, 256, (200, 200, 3)) * 0.5 + 64).astype(np.uint8)).save(images / "noise.png")
     out = tmp_path / "fits"
     argv = ["fit", "--images", str(images), "--priors", str(tmp_path / "priors.pt"), "--flame", str(flame),
-            "--out", str(out), "--batch-size", "2", "--steps", "3", "--raster-size", "32", "--progress", "false",
+            "--out", str(out), "--batch-size", "2", "--steps", "3", "--init-steps", "10", "--raster-size", "32", "--progress", "false",
             "--detect", "true"]
     assert main(argv) == 1
     text = capsys.readouterr().out

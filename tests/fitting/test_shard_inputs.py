@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
 
 def _fit(root, flame, out, *extra):
     return main(["fit", "--shards", str(root / "shards"), "--priors", str(root / "priors.pt"), "--flame", str(flame),
-                 "--out", str(out), "--batch-size", "4", "--steps", "3", "--raster-size", "32", "--progress", "false",
+                 "--out", str(out), "--batch-size", "4", "--steps", "3", "--init-steps", "10", "--raster-size", "32", "--progress", "false",
                  *extra])
 
 
