@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from p3dmm.fitting.fit import FitConfig, fit_batch
-from p3dmm.fitting.metrics import umeyama
 from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
+from p3dmm.registration.align import umeyama
 
 
 def align(a: torch.Tensor, b: torch.Tensor, scale: bool = False) -> torch.Tensor:
-    """a moved onto b by the best rigid (or similarity) transform (fitting.metrics.umeyama)."""
-    s, rot, t = umeyama(a.double().numpy(), b.double().numpy(), scale)
-    return torch.from_numpy(s * a.double().numpy() @ rot.T + t).to(b.dtype)
+    """a moved onto b by the best rigid (or similarity) transform (registration.align.umeyama)."""
+    moved = umeyama(a.double().numpy(), b.double().numpy(), with_scale=scale).apply(a.double().numpy())
+    return torch.from_numpy(moved).to(b.dtype)
 
 
 def main() -> None:

@@ -18,17 +18,7 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-
-def umeyama(src: np.ndarray, dst: np.ndarray, scale: bool = False) -> tuple[float, np.ndarray, np.ndarray]:
-    """(s, R, t) minimising |s R src + t - dst|^2 over corresponding rows (P, 3); dst = s src R^T + t."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.ones(3)
-    d[2] = np.sign(np.linalg.det(u @ vt)) or 1.0
-    rot = u @ np.diag(d) @ vt
-    s = float((sig * d).sum() / (a**2).sum() * len(src)) if scale else 1.0
-    return s, rot, mu_d - s * rot @ mu_s
+from p3dmm.registration.align import Similarity, identity, umeyama
 
 
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
@@ -38,16 +28,15 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: in
 
 
 def icp(src: np.ndarray, target_tree: cKDTree, target: np.ndarray, iterations: int = 20, scale: bool = False,
-        trim: float = 0.9) -> tuple[float, np.ndarray, np.ndarray]:
-    """Align points `src` to `target` (points with a KD-tree): trimmed point-to-point ICP; returns (s, R, t)."""
-    s, rot, t = 1.0, np.eye(3), np.zeros(3)
+        trim: float = 0.9) -> Similarity:
+    """Align points `src` to `target` (points with a KD-tree): trimmed point-to-point ICP."""
+    sim = identity()
     for _ in range(iterations):
-        moved = s * src @ rot.T + t
+        moved = sim.apply(src)
         dist, idx = target_tree.query(moved)
         keep = dist <= np.quantile(dist, trim)
-        ds, drot, dt = umeyama(moved[keep], target[idx[keep]], scale)
-        s, rot, t = ds * s, drot @ rot, ds * drot @ t + dt
-    return s, rot, t
+        sim = umeyama(moved[keep], target[idx[keep]], with_scale=scale).compose(sim)
+    return sim
 
 
 @dataclass(frozen=True)
@@ -119,15 +108,14 @@ def align_face(pred_vertices: np.ndarray, gt_vertices: np.ndarray, faces: np.nda
     """
     pred_faces, gt_faces = faces if isinstance(faces, tuple) else (faces, faces)
     pred_region, gt_region = region_faces if isinstance(region_faces, tuple) else (region_faces, region_faces)
-    s, rot, t = umeyama(pred_landmarks, gt_landmarks, similarity)
-    pred = s * pred_vertices @ rot.T + t
+    pred = umeyama(pred_landmarks, gt_landmarks, with_scale=similarity).apply(pred_vertices)
     if gt_region is None:
         near, _ = cKDTree(pred[np.unique(pred_faces[pred_region])]).query(gt_vertices[gt_faces].mean(1))
         gt_region = near < crop_mm / 1000
     gt_pts = sample_surface(gt_vertices, gt_faces[gt_region], samples, seed=1)
     pred_pts = sample_surface(pred, pred_faces[pred_region], samples, seed=2)
-    s2, rot2, t2 = icp(pred_pts, cKDTree(gt_pts), gt_pts, icp_iterations, similarity)
-    return AlignedFace(s2 * pred @ rot2.T + t2, pred_faces[pred_region], gt_vertices, gt_faces[gt_region])
+    refine = icp(pred_pts, cKDTree(gt_pts), gt_pts, icp_iterations, similarity)
+    return AlignedFace(refine.apply(pred), pred_faces[pred_region], gt_vertices, gt_faces[gt_region])
 
 
 def evaluate_face(pred_vertices: np.ndarray, gt_vertices: np.ndarray, faces: np.ndarray, region_faces: np.ndarray,
@@ -208,13 +196,15 @@ def icp_mesh_to_points(vertices: np.ndarray, faces: np.ndarray, points: np.ndarr
     """The mesh moved (rigidly, or with scale) to minimise the points' squared distances to its surface:
     point-to-surface ICP with every point counted (NoW's refinement: the scan stays put, its frame is where
     distances are measured). Stops when the matched surface points move less than `tol` metres."""
+    query = SurfaceQuery(vertices, faces)  # built once: the mesh stays put, the points move by the inverse
+    sim = identity()
     for _ in range(iterations):
-        on_mesh = SurfaceQuery(vertices, faces).closest(points)
-        s, rot, t = umeyama(on_mesh, points, scale)
-        vertices = s * vertices @ rot.T + t
-        if np.abs(s * on_mesh @ rot.T + t - on_mesh).max() < tol:
+        on_mesh = sim.apply(query.closest(sim.invert_points(points)))  # a similarity keeps nearest points
+        step = umeyama(on_mesh, points, with_scale=scale)
+        sim = step.compose(sim)
+        if np.abs(step.apply(on_mesh) - on_mesh).max() < tol:
             break
-    return vertices
+    return sim.apply(vertices)
 
 
 def now_face_crop(points: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -263,8 +253,7 @@ def align_to_scan(pred_vertices: np.ndarray, pred_faces: np.ndarray, pred_landma
 
     pred_vertices: (V, 3), pred_faces: (F, 3); landmarks: (L, 3) corresponding; scan_points: (P, 3); metres.
     """
-    s, rot, t = umeyama(pred_landmarks, scan_landmarks, similarity)
-    pred = s * pred_vertices @ rot.T + t
+    pred = umeyama(pred_landmarks, scan_landmarks, with_scale=similarity).apply(pred_vertices)
     rng = np.random.default_rng(0)
     subset = scan_points if len(scan_points) <= icp_points else scan_points[
         rng.choice(len(scan_points), icp_points, replace=False)]

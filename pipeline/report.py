@@ -12,12 +12,10 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from p3dmm.flame.atomic import atomic_write
-
-if TYPE_CHECKING:
-    from p3dmm.pipeline.run import Pipeline
+from p3dmm.pipeline.manifest import Manifest
+from p3dmm.pipeline.run import STAGES, Pipeline
 
 METRICS = (("chamfer_l1_mm", "Chamfer L1 (mm)"), ("chamfer_l2_mm", "Chamfer L2 (mm)"),
            ("normal_consistency", "normal consistency"), ("fscore_1mm", "F-score @1 mm"),
@@ -32,28 +30,20 @@ def _json(path: Path) -> dict | None:
 
 
 def _manifest(path: Path) -> list[dict]:
-    """Last entry per id of a manifest (a retried item counts once)."""
-    entries: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a crash; the manifest reader skips it the same way
-            entries[entry.get("id")] = entry
-    return list(entries.values())
+    """Last entry per id of a manifest, as the jobs read it (a retried item counts once)."""
+    return list(Manifest(path).entries.values()) if path.is_file() else []
 
 
 def collect(p: Pipeline) -> dict:
     """The report's numbers, per stage, from the outputs on disk."""
-    out = {"stages": {s: p.record(s) for s in ("flame", "scans", "register", "render", "train", "fit", "eval")}}
+    out = {"stages": {s: p.record(s) for s in STAGES}}
     registration = {}
     for ds in p.config.datasets:
         folder = p.registered_dir(ds)
         entries = _manifest(folder / "manifest.jsonl")
         status = Counter(e.get("status") for e in entries)
         row = {"scans": len(entries), "status": dict(status),
-               "failed": [(e["id"], e.get("reason")) for e in entries if e.get("status") == "failed"]}
+               "failed": [(e["id"], e.get("reason")) for e in entries if e.get("status") in ("failed", "error")]}
         truth = _json(folder / "eval.json")
         if truth:
             row["truth"] = truth["overall"]

@@ -139,6 +139,11 @@ class Pipeline:
         return self.out / "registered" / ds.label
 
     @property
+    def fit_inputs(self) -> Path:
+        """The held-out views and their ground truth, exported by the fit stage (`p3dmm fit --shards`)."""
+        return self.out / "fit" / "inputs"
+
+    @property
     def priors(self) -> Path:
         return Path(self.config.train.priors) if self.config.train.priors else self.out / "train" / "priors.pt"
 
@@ -165,11 +170,9 @@ class Pipeline:
 
     def settings(self, stage: str) -> dict:
         c = self.config
-        return {"flame": asdict(c.flame), "scans": [asdict(d) for d in c.datasets],
-                "register": {"datasets": [asdict(d) for d in c.datasets], "registration": c.register,
-                             "flame": asdict(c.flame)},
-                "render": asdict(c.render), "train": asdict(c.train), "fit": asdict(c.fit),
-                "eval": asdict(c.fit)}[stage]
+        # a stage's own section only: what it reads from earlier stages is in the chained digest
+        return {"flame": asdict(c.flame), "scans": [asdict(d) for d in c.datasets], "register": c.register,
+                "render": asdict(c.render), "train": asdict(c.train), "fit": asdict(c.fit), "eval": {}}[stage]
 
     def record(self, stage: str) -> dict | None:
         path = self.records / f"{stage}.json"
@@ -321,11 +324,14 @@ class Pipeline:
         from p3dmm.commands import fit
 
         c, f = self.config, self.config.fit
-        runs = {"fit": True, "fit-baseline": False} if f.baseline else {"fit": True}
-        for name, shape in runs.items():
-            rc = fit.run(priors=self.priors, out=self.out / name, shards=self.out / "shards", split=f.split,
-                         limit=f.limit, flame=self.flame_dir, batch_size=f.batch_size, steps=f.steps, init_steps=f.init_steps,
-                         raster_size=f.raster_size, shape=shape, address=c.address, num_cpus=c.num_cpus,
+        # ours from the shards (exports the held-out views and their truth), the baseline from that export
+        sources = {"fit": {"shards": self.out / "shards", "split": f.split, "limit": f.limit}}
+        if f.baseline:
+            sources["fit-baseline"] = {"images": self.fit_inputs / "images"}
+        for name, source in sources.items():
+            rc = fit.run(priors=self.priors, out=self.out / name, **source, flame=self.flame_dir,
+                         batch_size=f.batch_size, steps=f.steps, init_steps=f.init_steps, raster_size=f.raster_size,
+                         shape=name == "fit", address=c.address, num_cpus=c.num_cpus,
                          workers=None if c.address else 1, progress=c.progress)  # Ray actors (a local Ray here)
             self._command(rc, f"p3dmm fit ({name})", ok=(0, 1))
         return {}
@@ -334,6 +340,6 @@ class Pipeline:
         from p3dmm.commands import evaluate
 
         for name in ("fit", "fit-baseline") if self.config.fit.baseline else ("fit",):
-            pred = self.out / name
-            self._command(evaluate.run(pred=pred, gt=pred / "inputs" / "gt", flame=self.flame_dir), f"p3dmm eval {name}")
+            self._command(evaluate.run(pred=self.out / name, gt=self.fit_inputs / "gt", flame=self.flame_dir),
+                          f"p3dmm eval {name}")
         return {}

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from p3dmm.fitting.fit import FitConfig, fit_batch
-from p3dmm.fitting.metrics import umeyama
 from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.synth import write_synthetic_flame
+from p3dmm.registration.align import umeyama
 
 SIZE = 48
 
 
 def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    s, rot, t = umeyama(a.double().numpy(), b.double().numpy())
-    return torch.from_numpy(s * a.double().numpy() @ rot.T + t).to(b.dtype)
+    moved = umeyama(a.double().numpy(), b.double().numpy(), with_scale=False).apply(a.double().numpy())
+    return torch.from_numpy(moved).to(b.dtype)
 
 
 @pytest.fixture(scope="module")

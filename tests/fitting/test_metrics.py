@@ -13,8 +13,8 @@ from p3dmm.fitting.metrics import (
     compare_surfaces,
     evaluate_face,
     now_face_crop,
-    umeyama,
 )
+from p3dmm.registration.align import umeyama
 
 
 def _sphere():
@@ -36,10 +36,10 @@ def test_umeyama_recovers_similarity():
     src = rng.normal(size=(30, 3))
     rot = _rotation(rng)
     dst = 1.3 * src @ rot.T + np.array([0.1, -0.2, 0.3])
-    s, r, t = umeyama(src, dst, scale=True)
-    np.testing.assert_allclose([s], [1.3], atol=1e-9)
-    np.testing.assert_allclose(r, rot, atol=1e-9)
-    np.testing.assert_allclose(t, [0.1, -0.2, 0.3], atol=1e-9)
+    sim = umeyama(src, dst, with_scale=True)  # the registration's Umeyama, which the metrics align with
+    np.testing.assert_allclose([sim.scale], [1.3], atol=1e-9)
+    np.testing.assert_allclose(sim.rotation, rot, atol=1e-9)
+    np.testing.assert_allclose(sim.translation, [0.1, -0.2, 0.3], atol=1e-9)
 
 
 def test_metrics_after_alignment():
