@@ -18,14 +18,12 @@ from p3dmm.fitting.evaluate import MAP_SIZE, NOW_IBUG, evaluate_dir, flame_landm
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.model import FLAME
-from p3dmm.flame.synth import write_synthetic_flame
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(flame_1000):
     """A synthetic FLAME folder, a face of known shape (`truth`) and the mean face, shared by the tests."""
-    flame_dir = tmp_path_factory.mktemp("flame")
-    write_synthetic_flame(flame_dir, n_vertices=1000, seed=3)
+    flame_dir = flame_1000
     assets = load_assets(flame_dir)
     flame = FLAME(assets)
     shape = torch.zeros(1, flame.n_shape)

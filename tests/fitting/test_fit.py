@@ -10,7 +10,6 @@ from p3dmm.fitting.fit import FitConfig, fit_batch
 from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
-from p3dmm.flame.synth import write_synthetic_flame
 from p3dmm.registration.align import umeyama
 
 SIZE = 48
@@ -22,9 +21,8 @@ def _align(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flame")
-    write_synthetic_flame(folder, n_vertices=1000, seed=3)
+def oracle(flame_1000):
+    folder = flame_1000
     assets = load_assets(folder)
     flame = FLAME(assets)
     cues = oracle_cues(assets, flame, 2, SIZE, 3.9 * SIZE, seed=1, global_sigma=0.2, focal_jitter=0.0,

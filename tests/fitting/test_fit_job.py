@@ -8,14 +8,11 @@ import numpy as np
 from PIL import Image
 
 from p3dmm.cli import main
-from p3dmm.flame.synth import write_synthetic_flame
 from p3dmm.training.export import load_priors, save_priors
 from p3dmm.training.network import NetworkConfig, PriorNet
 
 
-def _setup(tmp_path):
-    flame = tmp_path / "flame"
-    write_synthetic_flame(flame, n_vertices=1000, seed=3)
+def _setup(tmp_path, flame):
     config = NetworkConfig(backbone="vit_small_patch14_dinov2", output_size=32, outputs=("normal", "uv"),
                            shared_backbone=True, head_width=16, head_depth=1, head_heads=2,
                            backbone_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})
@@ -24,8 +21,8 @@ def _setup(tmp_path):
     return flame
 
 
-def test_fit_on_ray_with_two_cpus(tmp_path, capsys):
-    flame = _setup(tmp_path)
+def test_fit_on_ray_with_two_cpus(tmp_path, capsys, flame_1000):
+    flame = _setup(tmp_path, flame_1000)
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(1)
@@ -41,8 +38,8 @@ def test_fit_on_ray_with_two_cpus(tmp_path, capsys):
     assert ids == ["0", "1", "2"] and all((out / f"{i}.posed.ply").is_file() for i in ids)
 
 
-def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
-    flame = _setup(tmp_path)
+def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys, flame_1000):
+    flame = _setup(tmp_path, flame_1000)
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -73,7 +70,7 @@ def test_fit_folder_records_bad_images_and_resumes(tmp_path, capsys):
     assert (out / "tiny.json").is_file()
 
 
-def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys):
+def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys, flame_1000):
     import torch
 
     from p3dmm.fitting.fit import fixed_camera
@@ -81,7 +78,7 @@ def test_detect_crops_faces_and_records_faceless_images(tmp_path, capsys):
     from p3dmm.flame.synth.anatomy import Anatomy
     from p3dmm.flame.synth.head import build_head
 
-    flame = _setup(tmp_path)
+    flame = _setup(tmp_path, flame_1000)
     mesh = build_head(Anatomy(), 1000)
     cam = fixed_camera(1, 160, torch.tensor([480.0], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
     hits = RayCaster(mesh.verts, mesh.faces).cast(cam)

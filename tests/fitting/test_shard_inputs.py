@@ -14,7 +14,6 @@ from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.mesh import load_mesh
 from p3dmm.flame.render import RayCaster
-from p3dmm.flame.synth import write_synthetic_flame
 from p3dmm.pipeline.shards import iter_samples, shard_paths
 from p3dmm.training.export import save_priors
 from p3dmm.training.network import NetworkConfig, PriorNet
@@ -22,10 +21,9 @@ from p3dmm.training.synthetic import write_flame_shards
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, flame_1000):
     root = tmp_path_factory.mktemp("shard_fit")
-    flame = root / "flame"
-    write_synthetic_flame(flame, n_vertices=1000, seed=3)
+    flame = flame_1000
     write_flame_shards(root / "shards", flame, train_subjects=1, val_subjects=2, views=2, size=48)
     config = NetworkConfig(backbone="vit_small_patch14_dinov2", output_size=32, outputs=("normal", "uv"),
                            shared_backbone=True, head_width=16, head_depth=1, head_heads=2,
