@@ -16,11 +16,12 @@ import time
 import numpy as np
 import torch
 
+from p3dmm.fitting.correspondences import fit_inputs
 from p3dmm.fitting.fit import FitConfig, fit_batch
-from p3dmm.fitting.synthetic import fit_inputs, oracle_cues
+from p3dmm.fitting.synthetic import oracle_cues
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.model import FLAME
-from p3dmm.registration.align import umeyama
+from p3dmm.flame.similarity import umeyama
 
 
 def align(a: torch.Tensor, b: torch.Tensor, scale: bool = False) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch
 import trimesh
 
 from p3dmm.flame.files import load_assets
+from p3dmm.flame.similarity import Similarity
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.registration.align import Similarity
 from p3dmm.registration.register import register_scan
 from p3dmm.registration.synthetic import make_scan
 

@@ -51,13 +51,13 @@ def main() -> None:
     from p3dmm.flame.model import FLAME
     from p3dmm.flame.render import RayCaster
     from p3dmm.flame.synth import write_synthetic_flame
-    from p3dmm.pipeline.appearance import linear_texture, pixel_albedo, render_photo, sample_look
-    from p3dmm.pipeline.render_job import write_shard
-    from p3dmm.pipeline.shard_format import decode_sample, encode_flags, encode_sample
+    from p3dmm.pipeline.render.appearance import linear_texture, pixel_albedo, render_photo, sample_look
+    from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
+    from p3dmm.pipeline.render.views import sample_views
+    from p3dmm.pipeline.shards.format import decode_sample, encode_flags, encode_sample
+    from p3dmm.pipeline.shards.writer import write_shard
     from p3dmm.pipeline.synth.nphm import cylinder_uv
-    from p3dmm.pipeline.synth_scans import bake_texture, scan_albedo
-    from p3dmm.pipeline.targets import render_targets, uv_region_faces
-    from p3dmm.pipeline.views import sample_views
+    from p3dmm.pipeline.synth.scans import bake_texture, scan_albedo
 
     folder = Path(tempfile.mkdtemp())
     write_synthetic_flame(folder / "flame", n_vertices=args.vertices, seed=0)

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
+
+from p3dmm.flame.assets import FlameAssets
+from p3dmm.flame.mirror import mirror_map
+from p3dmm.pipeline.render.targets import uv_region_faces
 
 
 class Correspondences(NamedTuple):
@@ -89,3 +94,10 @@ def find_correspondences(uv: torch.Tensor, mask: torch.Tensor, vertex_uv: torch.
     pixel = torch.stack([(pix % w).float(), (pix // w).float()], dim=-1)
     valid = torch.isfinite(uv_distance) & (uv_distance < max_uv_distance)
     return Correspondences(pixel=pixel, uv_distance=uv_distance, valid=valid)
+
+
+def fit_inputs(assets: FlameAssets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vertices to match (face and ears, no eyeballs), template (u, 1 - v) per vertex, mirror map)."""
+    fit_vertices = np.unique(assets.model.faces[uv_region_faces(assets)])
+    vertex_uv = np.stack([assets.uv.vertex_uv[:, 0], 1 - assets.uv.vertex_uv[:, 1]], axis=1)
+    return fit_vertices, vertex_uv, mirror_map(assets.model.v_template)

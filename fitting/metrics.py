@@ -18,7 +18,7 @@ import numpy as np
 import trimesh
 from scipy.spatial import cKDTree
 
-from p3dmm.registration.align import Similarity, identity, umeyama
+from p3dmm.flame.similarity import Similarity, identity, umeyama
 
 
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

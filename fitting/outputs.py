@@ -18,7 +18,7 @@ from p3dmm.flame.grid import image_grid, save_png
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.render import RayCaster, shade
 from p3dmm.flame.rotations import head_rotation
-from p3dmm.pipeline.targets import head_frame_normals
+from p3dmm.pipeline.render.targets import head_frame_normals
 
 
 def params_dict(result: FitResult, b: int, size: int) -> dict:

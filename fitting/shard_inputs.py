@@ -19,7 +19,7 @@ import torch
 
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.mesh import save_mesh
-from p3dmm.pipeline.shards import iter_samples, read_index, shard_paths
+from p3dmm.pipeline.shards.reader import iter_samples, read_index, shard_paths
 
 
 def _registered_paths(shards: Path) -> dict[str, str]:

@@ -13,8 +13,8 @@ from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.render import RayCaster
 from p3dmm.flame.rotations import head_rotation
-from p3dmm.pipeline.synth_scans import sample_params
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.synth.scans import sample_params
 
 
 class OracleCues(NamedTuple):
@@ -53,12 +53,3 @@ def oracle_cues(assets: FlameAssets, flame: FLAME, count: int, size: int, focal:
         posed.append(verts)
     return OracleCues({"normal": torch.stack(normals), "uv": torch.stack(uvs)}, torch.stack(masks),
                       torch.stack(posed), torch.stack(neutral))
-
-
-def fit_inputs(assets: FlameAssets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vertices to match (face and ears, no eyeballs), template (u, 1 - v) per vertex, mirror map)."""
-    from p3dmm.flame.mirror import mirror_map
-
-    fit_vertices = np.unique(assets.model.faces[uv_region_faces(assets)])
-    vertex_uv = np.stack([assets.uv.vertex_uv[:, 0], 1 - assets.uv.vertex_uv[:, 1]], axis=1)
-    return fit_vertices, vertex_uv, mirror_map(assets.model.v_template)

@@ -9,6 +9,7 @@ which maps a UV target u to 2 * axis - u about the axis measured here (not an as
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,3 +120,15 @@ def uv_mirror_axis(
     if vertices is not None:
         mid = mid[np.asarray(vertices)]
     return float(mid.mean()), float(mid.std())
+
+
+def mirror_axis_of(flame_dir: str | os.PathLike) -> float:
+    """u of the FLAME UV layout's mirror axis, from twin vertices over the face (see flame.mirror)."""
+    from p3dmm.flame.files import load_assets
+
+    assets = load_assets(flame_dir)
+    if assets.uv is None:
+        raise ValueError(f"{flame_dir}: no UV layout; pass --data.mirror_axis")
+    mirror = mirror_map(assets.model.v_template)
+    axis, _ = uv_mirror_axis(assets.uv.vertex_uv, mirror, assets.masks.get("face"))
+    return axis

@@ -1,2 +1,4 @@
-"""Dataset adapters (NPHM, FaceScape, Ava256, generic folders) and the Ray orchestration of
-registration and shard rendering. Filled by the registration and shards issues."""
+"""Data in and out of the stages, in the order data flows: synthetic datasets (`synth`), the registration
+file (`registered`), target rendering (`render`), the shard format (`shards`), dataset readers
+(`datasets`), then orchestration: Ray jobs (`jobs`), registration reports (`report`) and the
+whole-pipeline driver (`run`). See docs/architecture.md."""

@@ -14,9 +14,10 @@ from scipy.spatial import cKDTree
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.model import FLAME
-from p3dmm.pipeline.sources.base import ScanGeometry
+from p3dmm.flame.scan import ScanGeometry
+from p3dmm.flame.similarity import Similarity, identity
 
-from .align import Similarity, align_landmarks, align_search, identity
+from .align import align_landmarks, align_search
 from .config import RegistrationConfig
 from .fit import FitData, fit_flame
 from .geometry import boundary_vertices, vertex_normals

@@ -16,9 +16,9 @@ from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.model import FLAME
-from p3dmm.pipeline.sources.base import ScanGeometry, ScanRecord
+from p3dmm.flame.scan import ScanGeometry, ScanRecord
+from p3dmm.flame.similarity import Similarity
 
-from .align import Similarity
 from .geometry import vertex_normals
 
 

@@ -67,7 +67,7 @@ def _render_argv(registered: Path, out: Path, *more: str) -> list[str]:
 def clean(data, tmp_path_factory) -> tuple[Path, Path]:
     """The reference: registration and shards of an undisturbed run (in this process, one Ray session for
     both commands: its workers start and import once)."""
-    from p3dmm.pipeline.jobs import init_ray
+    from p3dmm.pipeline.jobs.runner import init_ray
 
     root = tmp_path_factory.mktemp("clean")
     started = init_ray(None, 2)
@@ -224,7 +224,7 @@ def _manifest_ids(path: Path) -> Counter:
 
 
 def _final_entries(out: Path) -> dict[str, dict]:
-    from p3dmm.pipeline.manifest import Manifest
+    from p3dmm.pipeline.jobs.manifest import Manifest
 
     return Manifest(out / "manifest.jsonl").entries
 
@@ -484,7 +484,7 @@ def _assert_disk_full_error(error: BaseException, path: Path) -> None:
 
 
 def _sample() -> dict[str, bytes]:
-    from p3dmm.pipeline.shard_format import encode_flags, encode_sample
+    from p3dmm.pipeline.shards.format import encode_flags, encode_sample
 
     rng = np.random.default_rng(0)
     flags = encode_flags(np.ones((8, 8), bool), np.ones((8, 8), bool))
@@ -493,7 +493,7 @@ def _sample() -> dict[str, bytes]:
 
 
 def test_full_disk_mid_shard_names_the_shard_and_leaves_nothing(tmp_path, full_disk):
-    from p3dmm.pipeline.render_job import write_shard
+    from p3dmm.pipeline.shards.writer import write_shard
 
     full_disk(5000)
     target = tmp_path / "train-000000.tar"
@@ -505,7 +505,7 @@ def test_full_disk_mid_shard_names_the_shard_and_leaves_nothing(tmp_path, full_d
 
 def test_full_disk_mid_registration_is_recorded_naming_the_file(tmp_path, full_disk):
     from p3dmm.flame.atomic import atomic_write
-    from p3dmm.pipeline.jobs import _guarded
+    from p3dmm.pipeline.jobs.runner import _guarded
 
     target = tmp_path / "registered" / "generic__head0_0.npz"
     target.parent.mkdir()
@@ -524,8 +524,8 @@ def test_full_disk_mid_registration_is_recorded_naming_the_file(tmp_path, full_d
 
 def test_a_scan_failed_for_a_full_disk_is_redone_by_the_next_run(tmp_path, full_disk):
     from p3dmm.flame.atomic import atomic_write
-    from p3dmm.pipeline.jobs import FINISHED, _guarded
-    from p3dmm.pipeline.manifest import Manifest
+    from p3dmm.pipeline.jobs.manifest import Manifest
+    from p3dmm.pipeline.jobs.runner import FINISHED, _guarded
 
     full_disk(100)
     record = _guarded(lambda path: atomic_write(path, bytes(5000)))(tmp_path / "scan.npz")
@@ -534,8 +534,8 @@ def test_a_scan_failed_for_a_full_disk_is_redone_by_the_next_run(tmp_path, full_
 
 
 def test_full_disk_mid_manifest_line_is_not_trusted_and_next_run_is_readable(tmp_path, monkeypatch):
-    import p3dmm.pipeline.manifest as manifest_module
-    from p3dmm.pipeline.manifest import Manifest
+    import p3dmm.pipeline.jobs.manifest as manifest_module
+    from p3dmm.pipeline.jobs.manifest import Manifest
 
     path = tmp_path / "manifest.jsonl"
     manifest = Manifest(path)

@@ -295,7 +295,8 @@ def _check_run_config(cfg: dict, repo: Path) -> str | None:
     """`p3dmm run`: every section's keys (the dataclasses the pipeline builds) and the training config."""
     from p3dmm.cli import CommandError
     from p3dmm.commands.run import _spec
-    from p3dmm.pipeline.run import STAGES, DatasetSpec, FitSpec, FlameSpec, RenderConfig, TrainSpec
+    from p3dmm.pipeline.jobs.render import RenderConfig
+    from p3dmm.pipeline.run.config import STAGES, DatasetSpec, FitSpec, FlameSpec, TrainSpec
 
     try:
         if not cfg.get("datasets"):

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from p3dmm.pipeline.shard_format import FACE, FOREGROUND, OCCLUDED, OUTSIDE, SampleError, decode_sample
-from p3dmm.pipeline.shards import warn_and_skip
+from p3dmm.flame.mirror import mirror_axis_of
+from p3dmm.pipeline.shards.format import FACE, FOREGROUND, OCCLUDED, OUTSIDE, SampleError, decode_sample
+from p3dmm.pipeline.shards.reader import warn_and_skip
 from p3dmm.training.augment import (
     AugmentConfig,
     crop_box,
@@ -187,7 +188,7 @@ class ShardDataModule(L.LightningDataModule):
         self._train_loader: EpochLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        from p3dmm.pipeline.shards import read_index, shard_paths
+        from p3dmm.pipeline.shards.reader import read_index, shard_paths
 
         index = read_index(self.shards)
         self.train_urls = shard_paths(self.shards, "train")
@@ -223,16 +224,3 @@ class ShardDataModule(L.LightningDataModule):
         stream = ShardStream(self.val_urls, transform, train=False, seed=self.seed, rank=rank, world=world)
         loader = DataLoader(stream, batch_size=self.batch_size, num_workers=0, collate_fn=_collate)
         return EpochLoader(loader, self.val_batches, endless=False) if self.val_batches else loader
-
-
-def mirror_axis_of(flame_dir: str | os.PathLike) -> float:
-    """u of the FLAME UV layout's mirror axis, from twin vertices over the face (see flame.mirror)."""
-    from p3dmm.flame.files import load_assets
-    from p3dmm.flame.mirror import mirror_map, uv_mirror_axis
-
-    assets = load_assets(flame_dir)
-    if assets.uv is None:
-        raise ValueError(f"{flame_dir}: no UV layout; pass --data.mirror_axis")
-    mirror = mirror_map(assets.model.v_template)
-    axis, _ = uv_mirror_axis(assets.uv.vertex_uv, mirror, assets.masks.get("face"))
-    return axis

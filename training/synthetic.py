@@ -14,11 +14,11 @@ from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.render import RayCaster, shade
 from p3dmm.flame.rotations import head_rotation
-from p3dmm.pipeline.render_job import write_shard
-from p3dmm.pipeline.shard_format import encode_flags, encode_sample
-from p3dmm.pipeline.synth_scans import posed_truth, sample_params, skin_colors
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
-from p3dmm.pipeline.views import sample_views
+from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.render.views import sample_views
+from p3dmm.pipeline.shards.format import encode_flags, encode_sample
+from p3dmm.pipeline.shards.writer import write_shard
+from p3dmm.pipeline.synth.scans import posed_truth, sample_params, skin_colors
 
 
 def write_flame_shards(out: str | os.PathLike, flame_dir: str | os.PathLike, *, train_subjects: int = 3,

@@ -45,7 +45,7 @@ def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | N
     """
     from p3dmm.commands.flame import _load
     from p3dmm.fitting.fit import FitConfig
-    from p3dmm.fitting.job import fit_images
+    from p3dmm.pipeline.jobs.fit import fit_images
 
     folder, _ = _load(flame)
     if (images is None) == (shards is None):

@@ -53,7 +53,7 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
         progress: show a progress bar.
     """
     from p3dmm.commands.flame import _load
-    from p3dmm.pipeline.register_job import RegisterJob, run_registration
+    from p3dmm.pipeline.jobs.register import RegisterJob, run_registration
 
     folder, _ = _load(flame)
     if not root.is_dir():
@@ -76,7 +76,7 @@ def evaluate(*, out: Path, truth: Path) -> int:
         out: a `p3dmm register` output folder.
         truth: the synthetic dataset root that holds _truth/.
     """
-    from p3dmm.pipeline.register_eval import evaluate_registrations
+    from p3dmm.pipeline.report.registration_eval import evaluate_registrations
 
     if not (out / "job.json").is_file():
         raise CommandError(f"{out}: not a `p3dmm register` output folder (no job.json)")
@@ -99,7 +99,7 @@ def report(*, out: Path, size: PositiveInt = 256, limit: PositiveInt | None = No
         limit: render only the first N scans (the page still lists every failure).
         progress: show a progress bar.
     """
-    from p3dmm.pipeline.register_report import write_register_report
+    from p3dmm.pipeline.report.registration import write_register_report
 
     if not (out / "job.json").is_file():
         raise CommandError(f"{out}: not a `p3dmm register` output folder (no job.json)")

@@ -30,7 +30,7 @@ def run(*, registered: list[Path], out: Path, views: NonNegativeInt = 8, size: P
         num_cpus: CPUs for the local Ray (default: all).
         progress: show a progress bar.
     """
-    from p3dmm.pipeline.render_job import RenderConfig, run_render
+    from p3dmm.pipeline.jobs.render import RenderConfig, run_render
 
     if not 0.0 <= val_fraction < 1.0:
         raise CommandError(f"--val_fraction must lie in [0, 1), got {val_fraction}")
@@ -38,7 +38,7 @@ def run(*, registered: list[Path], out: Path, views: NonNegativeInt = 8, size: P
                           val_fraction=val_fraction, seed=seed, include_rejected=include_rejected,
                           view=dict(view or {}))
     try:
-        from p3dmm.pipeline.views import ViewConfig
+        from p3dmm.pipeline.render.views import ViewConfig
 
         ViewConfig(**config.view)
         summary, index = run_render(registered, out, config, address=address, num_cpus=num_cpus, progress=progress)
@@ -62,7 +62,7 @@ def verify(*, shards: Path) -> int:
     Args:
         shards: a `p3dmm render` output folder.
     """
-    from p3dmm.pipeline.shards import verify_shards
+    from p3dmm.pipeline.shards.reader import verify_shards
 
     try:
         n_shards, n_samples, problems = verify_shards(shards)
@@ -83,7 +83,7 @@ def preview(*, shards: Path, out: Path, n: PositiveInt = 16, seed: int = 0) -> i
         n: number of samples (a seeded random pick).
         seed: which samples.
     """
-    from p3dmm.pipeline.shards import write_preview
+    from p3dmm.pipeline.shards.preview import write_preview
 
     try:
         path = write_preview(shards, out, n=n, seed=seed)

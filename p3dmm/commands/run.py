@@ -45,16 +45,9 @@ def run(*, out: Path, datasets: list[dict], flame: dict | None = None, register:
         num_cpus: CPUs of the local Ray.
         progress: progress bars.
     """
-    from p3dmm.pipeline.run import (
-        DatasetSpec,
-        FitSpec,
-        FlameSpec,
-        Pipeline,
-        PipelineConfig,
-        RenderConfig,
-        StageError,
-        TrainSpec,
-    )
+    from p3dmm.pipeline.jobs.render import RenderConfig
+    from p3dmm.pipeline.run.config import DatasetSpec, FitSpec, FlameSpec, PipelineConfig, TrainSpec
+    from p3dmm.pipeline.run.driver import Pipeline, StageError
 
     if not datasets:
         raise CommandError("datasets: give at least one dataset")

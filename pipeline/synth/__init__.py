@@ -1,5 +1,5 @@
 """Synthetic datasets in the real on-disk layouts (one module per layout), built from a FLAME-format
-model with :mod:`p3dmm.pipeline.synth_scans`. Each writer also stores ground truth under ``_truth/``."""
+model with :mod:`p3dmm.pipeline.synth.scans`. Each writer also stores ground truth under ``_truth/``."""
 
 from __future__ import annotations
 

@@ -38,8 +38,14 @@ from p3dmm.flame.assets import FlameAssets, UVLayout
 from p3dmm.flame.cameras import Cameras, look_at
 from p3dmm.flame.files import write_uv_obj
 from p3dmm.flame.render import render_shaded
+from p3dmm.pipeline.synth.scans import (
+    landmarks_from_vertices,
+    posed_truth,
+    sample_params,
+    skin_colors,
+    write_truth,
+)
 
-from ..synth_scans import landmarks_from_vertices, posed_truth, sample_params, skin_colors, write_truth
 from .facescape_mview import distort_image
 
 CALIBRATION_SIZE = (4096, 2668)

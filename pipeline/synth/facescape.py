@@ -18,7 +18,7 @@ import numpy as np
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
-from p3dmm.pipeline import synth_scans as ss
+from p3dmm.pipeline.synth import scans as ss
 
 EXPRESSIONS = (
     "neutral smile mouth_stretch anger jaw_left jaw_right jaw_forward mouth_left mouth_right dimpler "

@@ -36,9 +36,8 @@ from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.render import render_shaded
-
-from ..photos import undistort_points
-from ..synth_scans import posed_truth, sample_params, skin_colors, write_truth
+from p3dmm.pipeline.render.photos import undistort_points
+from p3dmm.pipeline.synth.scans import posed_truth, sample_params, skin_colors, write_truth
 
 EXPRESSION_NAMES = (
     "neutral", "smile", "mouth_stretch", "anger", "jaw_left", "jaw_right", "jaw_forward", "mouth_left",

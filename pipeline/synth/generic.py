@@ -13,7 +13,7 @@ import trimesh
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.mesh import save_mesh
-from p3dmm.pipeline import synth_scans as ss
+from p3dmm.pipeline.synth import scans as ss
 
 KINDS = ("mesh_ply", "mesh_obj", "points_ply")
 """Scan n (in writing order) is ``KINDS[n % 3]``; meshes in .ply and point clouds get landmarks."""

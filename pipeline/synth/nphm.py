@@ -17,7 +17,7 @@ import numpy as np
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.mesh import save_mesh
-from p3dmm.pipeline import synth_scans as ss
+from p3dmm.pipeline.synth import scans as ss
 
 NPHM_SCALE = 4.0
 """Stored coordinates = FLAME metres x NPHM_SCALE."""

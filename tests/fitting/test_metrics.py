@@ -14,7 +14,7 @@ from p3dmm.fitting.metrics import (
     evaluate_face,
     now_face_crop,
 )
-from p3dmm.registration.align import umeyama
+from p3dmm.flame.similarity import umeyama
 
 
 def _sphere():

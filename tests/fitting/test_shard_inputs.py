@@ -14,7 +14,7 @@ from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.mesh import load_mesh
 from p3dmm.flame.render import RayCaster
-from p3dmm.pipeline.shards import iter_samples, shard_paths
+from p3dmm.pipeline.shards.reader import iter_samples, shard_paths
 from p3dmm.training.export import save_priors
 from p3dmm.training.network import NetworkConfig, PriorNet
 from p3dmm.training.synthetic import write_flame_shards

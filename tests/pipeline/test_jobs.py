@@ -15,8 +15,8 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 
-from p3dmm.pipeline.jobs import run_job  # noqa: E402
-from p3dmm.pipeline.manifest import Manifest  # noqa: E402
+from p3dmm.pipeline.jobs.manifest import Manifest  # noqa: E402
+from p3dmm.pipeline.jobs.runner import run_job  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test tasks travel to workers by value
 
@@ -71,8 +71,8 @@ DRIVER = textwrap.dedent(
     """
     import sys, time
     import ray
-    from p3dmm.pipeline.jobs import run_job
-    from p3dmm.pipeline.manifest import Manifest
+    from p3dmm.pipeline.jobs.runner import run_job
+    from p3dmm.pipeline.jobs.manifest import Manifest
 
     def slow(payload):
         time.sleep(0.4)

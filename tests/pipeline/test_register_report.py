@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from p3dmm.pipeline.register_report import heat_colors, scan_errors_mm
+from p3dmm.pipeline.report.registration import heat_colors, scan_errors_mm
 
 
 def _grid(n: int = 21, size: float = 0.1):

@@ -14,9 +14,10 @@ import pytest
 
 from p3dmm.cli import main
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline.render_job import split_subjects, write_shard
-from p3dmm.pipeline.shard_format import FOREGROUND, decode_sample, encode_flags, encode_sample
-from p3dmm.pipeline.shards import iter_samples, shard_paths
+from p3dmm.pipeline.jobs.render import split_subjects
+from p3dmm.pipeline.shards.format import FOREGROUND, decode_sample, encode_flags, encode_sample
+from p3dmm.pipeline.shards.reader import iter_samples, shard_paths
+from p3dmm.pipeline.shards.writer import write_shard
 
 FAST = json.dumps({"fit_iterations": 120, "align_candidates": 8})
 

@@ -13,8 +13,8 @@ from p3dmm.flame.model import FLAME
 from p3dmm.flame.render import RayCaster
 from p3dmm.flame.rotations import axis_angle_to_matrix
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
-from p3dmm.pipeline.views import ViewConfig, sample_views
+from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.render.views import ViewConfig, sample_views
 
 
 def _camera(eye, target, size, fov=30.0) -> Cameras:

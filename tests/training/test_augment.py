@@ -7,12 +7,11 @@ import torch
 
 from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
 from p3dmm.flame.files import load_assets
-from p3dmm.flame.mirror import mirror_map
+from p3dmm.flame.mirror import mirror_axis_of, mirror_map
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.render import RayCaster
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
+from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
 from p3dmm.training.augment import mirror_sample
-from p3dmm.training.data import mirror_axis_of
 
 
 def test_mirror_of_a_render_is_the_render_of_the_mirrored_head(flame_dir):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from p3dmm.pipeline.manifest import Manifest
+from p3dmm.pipeline.jobs.manifest import Manifest
 
 FINISHED = ("ok", "rejected", "failed")
 # a full disk or a read-only / over-quota output: recorded as "error" (not finished), so a rerun redoes it

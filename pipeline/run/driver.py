@@ -22,80 +22,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from p3dmm.flame.atomic import atomic_write
-from p3dmm.pipeline.render_job import RenderConfig
+from p3dmm.pipeline.run.config import STAGES, PipelineConfig, RunLayout
 
-STAGES = ("flame", "scans", "register", "render", "train", "fit", "eval")
-REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class FlameSpec:
-    """path: a real FLAME folder (generic_model.pkl, ...); unset: a synthetic FLAME-format model."""
-
-    path: str | None = None
-    vertices: int = 5023
-    seed: int = 0
-
-
-@dataclass
-class DatasetSpec:
-    """One dataset: `source` is its layout (nphm, facescape, facescape-mview, ava256, generic); `root` its
-    folder, unset for synthetic scans of that layout (`subjects` x `expressions`, with ground truth)."""
-
-    source: str
-    root: str | None = None
-    name: str | None = None
-    subjects: int = 1
-    expressions: int = 2
-    seed: int = 1
-    source_options: dict[str, str] = field(default_factory=dict)
-    limit: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.source
-
-
-@dataclass
-class TrainSpec:
-    """config: a LightningCLI config; devices: processes (DDP); launcher: "local" (`p3dmm train fit` with
-    Lightning's own launcher) or "torchrun" (infra/train/torchrun-train.sh); args: more overrides;
-    priors: an already exported priors file to use instead of training."""
-
-    config: str = "configs/train-tiny.yaml"
-    devices: int = 2
-    launcher: str = "local"
-    args: list[str] = field(default_factory=list)
-    priors: str | None = None
-
-
-@dataclass
-class FitSpec:
-    split: str = "val"
-    limit: int | None = None
-    batch_size: int = 8
-    steps: int = 200
-    init_steps: int = 150
-    raster_size: int = 128
-    baseline: bool = True
-
-
-@dataclass
-class PipelineConfig:
-    out: str
-    flame: FlameSpec
-    datasets: list[DatasetSpec]
-    register: dict
-    render: RenderConfig  # the render command's own settings (views, size, photos, ...)
-    train: TrainSpec
-    fit: FitSpec
-    address: str | None = None
-    num_cpus: int | None = None
-    progress: bool = True
+REPO = Path(__file__).resolve().parents[2]
 
 
 class StageError(RuntimeError):
@@ -109,47 +42,26 @@ def synthetic_source_options(source: str, root: Path) -> dict[str, str]:
             "ava256": {"topology": str(root / "assets" / "face_topology.obj")}}.get(source, {})
 
 
-class Pipeline:
+class Pipeline(RunLayout):
     """Runs the stages of a PipelineConfig in order, skipping finished ones."""
 
     def __init__(self, config: PipelineConfig, skip: tuple[str, ...] = (), log: Callable[[str], None] = print):
         unknown = set(skip) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) to skip: {sorted(unknown)} (stages: {', '.join(STAGES)})")
-        self.config, self.skip, self.log = config, set(skip), log
-        self.out = Path(config.out)
-        self.records = self.out / "stages"
+        super().__init__(config)
+        self.skip, self.log = set(skip), log
         self._ray_started = False
 
     def _ensure_ray(self) -> None:
         """One Ray session for every Ray stage of the run (each command would otherwise start its own)."""
-        from p3dmm.pipeline.jobs import init_ray
+        from p3dmm.pipeline.jobs.runner import init_ray
 
         self._ray_started |= init_ray(self.config.address, self.config.num_cpus)
 
-    # -- paths every stage and the report agree on ------------------------------------------------------
-    @property
-    def flame_dir(self) -> Path:
-        return Path(self.config.flame.path) if self.config.flame.path else self.out / "flame"
-
-    def scans_dir(self, ds: DatasetSpec) -> Path:
-        return Path(ds.root) if ds.root else self.out / "scans" / ds.label
-
-    def registered_dir(self, ds: DatasetSpec) -> Path:
-        return self.out / "registered" / ds.label
-
-    @property
-    def fit_inputs(self) -> Path:
-        """The held-out views and their ground truth, exported by the fit stage (`p3dmm fit --shards`)."""
-        return self.out / "fit" / "inputs"
-
-    @property
-    def priors(self) -> Path:
-        return Path(self.config.train.priors) if self.config.train.priors else self.out / "train" / "priors.pt"
-
     # -- running -----------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from p3dmm.pipeline.report import write_report
+        from p3dmm.pipeline.run.report import write_report
 
         self.records.mkdir(parents=True, exist_ok=True)
         upstream = ""
@@ -173,21 +85,6 @@ class Pipeline:
         # a stage's own section only: what it reads from earlier stages is in the chained digest
         return {"flame": asdict(c.flame), "scans": [asdict(d) for d in c.datasets], "register": c.register,
                 "render": asdict(c.render), "train": asdict(c.train), "fit": asdict(c.fit), "eval": {}}[stage]
-
-    def record(self, stage: str) -> dict | None:
-        path = self.records / f"{stage}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def outputs(self, stage: str) -> list[Path]:
-        """What a stage writes inside the run folder (never a user's FLAME folder or dataset root)."""
-        c, out = self.config, self.out
-        return {"flame": [] if c.flame.path else [out / "flame", out / "flame_preview.png"],
-                "scans": [self.scans_dir(d) for d in c.datasets if not d.root],
-                "register": [self.registered_dir(d) for d in c.datasets],
-                "render": [out / "shards", out / "shards_preview.png"],
-                "train": [] if c.train.priors else [out / "train"],
-                "fit": [out / "fit", out / "fit-baseline"],
-                "eval": [out / "fit" / "eval", out / "fit-baseline" / "eval"]}[stage]
 
     def _run_stage(self, stage: str, body: Callable[[], dict], upstream: str) -> str:
         """Run one stage unless its record says it finished with these settings and these upstream results.

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from p3dmm.pipeline.sources.base import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
+from p3dmm.flame.scan import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
 
 DATASET = "generic"
 SUFFIXES = (".ply", ".obj")

@@ -22,7 +22,7 @@ from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at, project
 from p3dmm.flame.grid import image_grid, save_png
 from p3dmm.flame.render import DEFAULT_BACKGROUND, raycast, shade
 from p3dmm.flame.rotations import axis_angle_to_matrix
-from p3dmm.pipeline.manifest import Manifest
+from p3dmm.pipeline.jobs.manifest import Manifest
 
 SCAN_ALBEDO = (0.80, 0.80, 0.80)
 REG_ALBEDO = (0.86, 0.62, 0.52)
@@ -123,8 +123,8 @@ def scan_errors_mm(scan_points: np.ndarray, reg_vertices: np.ndarray, faces: np.
 
 def scan_panels(npz_path: Path, job: dict, assets, size: int) -> tuple[np.ndarray, dict]:
     """Render the four panels of one registered scan; returns (row image, summary dict)."""
-    from p3dmm.pipeline.register_job import adapter
-    from p3dmm.pipeline.sources.base import ScanRecord
+    from p3dmm.flame.scan import ScanRecord
+    from p3dmm.pipeline.datasets import adapter
 
     with np.load(npz_path) as data:
         reg = np.asarray(data["vertices"], np.float64)

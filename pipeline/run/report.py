@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from p3dmm.flame.atomic import atomic_write
-from p3dmm.pipeline.manifest import Manifest
-from p3dmm.pipeline.run import STAGES, Pipeline
+from p3dmm.pipeline.jobs.manifest import Manifest
+from p3dmm.pipeline.run.config import STAGES, RunLayout
 
 METRICS = (("chamfer_l1_mm", "Chamfer L1 (mm)"), ("chamfer_l2_mm", "Chamfer L2 (mm)"),
            ("normal_consistency", "normal consistency"), ("fscore_1mm", "F-score @1 mm"),
@@ -34,7 +34,7 @@ def _manifest(path: Path) -> list[dict]:
     return list(Manifest(path).entries.values()) if path.is_file() else []
 
 
-def collect(p: Pipeline) -> dict:
+def collect(p: RunLayout) -> dict:
     """The report's numbers, per stage, from the outputs on disk."""
     out = {"stages": {s: p.record(s) for s in STAGES}}
     registration = {}
@@ -70,7 +70,7 @@ def collect(p: Pipeline) -> dict:
     return out
 
 
-def _training(p: Pipeline) -> dict | None:
+def _training(p: RunLayout) -> dict | None:
     from p3dmm.training.wandb_offline import read_history
 
     runs = sorted((p.out / "train" / "wandb").glob("offline-run-*"))
@@ -113,7 +113,7 @@ def _curves_png(train: dict, path: Path) -> Path | None:
     return path
 
 
-def write_report(p: Pipeline) -> Path:
+def write_report(p: RunLayout) -> Path:
     """Write OUT/report.json and OUT/report.html; return the page's path."""
     data = collect(p)
     atomic_write(p.out / "report.json", (json.dumps(data, indent=1) + "\n").encode())
@@ -128,7 +128,7 @@ def write_report(p: Pipeline) -> Path:
 esc = html.escape
 
 
-def _img(p: Pipeline, path: Path, caption: str = "", width: str = "100%") -> str:
+def _img(p: RunLayout, path: Path, caption: str = "", width: str = "100%") -> str:
     if not path.is_file():
         return f"<p class='missing'>missing picture: {esc(str(path))}</p>"
     rel = os.path.relpath(path, p.out)
@@ -160,7 +160,7 @@ img{border:1px solid #ddd}.ok{color:#17803d}.failed{color:#b3261e}.missing{color
 .row figure{flex:1 1 0;min-width:0}.note{color:#555;font-size:14px}"""
 
 
-def _html(p: Pipeline, data: dict, curves: Path | None) -> str:
+def _html(p: RunLayout, data: dict, curves: Path | None) -> str:
     stages = data["stages"]
     total = sum(r["seconds"] for r in stages.values() if r)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>p3dmm run report</title><style>{STYLE}</style>"
@@ -186,7 +186,7 @@ def _html(p: Pipeline, data: dict, curves: Path | None) -> str:
     return "\n".join(parts)
 
 
-def _registration_html(p: Pipeline, data: dict) -> list[str]:
+def _registration_html(p: RunLayout, data: dict) -> list[str]:
     parts = ["<h2>Registration</h2>",
              "<p class='note'>Raw scans registered non-rigidly to FLAME topology (one Ray task per scan). Error: distance "
              "of the registration to the true surface over the face, where the scans have ground truth.</p>"]
@@ -209,7 +209,7 @@ def _registration_html(p: Pipeline, data: dict) -> list[str]:
     return parts
 
 
-def _shards_html(p: Pipeline, data: dict) -> list[str]:
+def _shards_html(p: RunLayout, data: dict) -> list[str]:
     render = data.get("render")
     if not render:
         return ["<h2>Shards</h2><p class='missing'>no shards yet</p>"]
@@ -221,7 +221,7 @@ def _shards_html(p: Pipeline, data: dict) -> list[str]:
             _img(p, p.out / "shards_preview.png", "samples: input | normals | UV | masks")]
 
 
-def _training_html(p: Pipeline, data: dict, curves: Path | None) -> list[str]:
+def _training_html(p: RunLayout, data: dict, curves: Path | None) -> list[str]:
     train = data.get("train")
     if not train:
         return ["<h2>Training</h2><p class='missing'>no training run found</p>"]
@@ -236,7 +236,7 @@ def _training_html(p: Pipeline, data: dict, curves: Path | None) -> list[str]:
     return parts
 
 
-def _fitting_html(p: Pipeline, data: dict) -> list[str]:
+def _fitting_html(p: RunLayout, data: dict) -> list[str]:
     fits = data.get("fit") or {}
     if "fit" not in fits:
         return ["<h2>Fitting</h2><p class='missing'>no fits yet</p>"]

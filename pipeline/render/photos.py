@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-from p3dmm.pipeline.sources.base import ScanError
+from p3dmm.flame.scan import ScanError, read_member
 
 
 def distort_points(xy: np.ndarray, dist: Sequence[float]) -> np.ndarray:
@@ -47,8 +47,6 @@ def read_image(spec: str | os.PathLike) -> np.ndarray:
     spec = str(spec)
     try:
         if "::" in spec:
-            from p3dmm.pipeline.sources.ava256 import read_member
-
             data = read_member(spec)
         else:
             with open(spec, "rb") as f:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+SCHEMA_VERSION = 1
+"""Written to index.json; readers refuse shards of another version."""
 MEMBERS = ("rgb.jpg", "normal.png", "uv.png", "mask.png", "depth.png", "meta.json")
 FOREGROUND, FACE, OCCLUDED, OUTSIDE = 1, 2, 4, 8
 DEPTH_UNIT_M = 1e-4

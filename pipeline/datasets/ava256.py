@@ -33,7 +33,15 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from .base import CameraView, ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
+from p3dmm.flame.scan import (
+    CameraView,
+    ScanError,
+    ScanGeometry,
+    ScanRecord,
+    check_geometry,
+    check_head_size,
+    read_member,
+)
 
 DATASET = "ava256"
 CALIBRATION_SIZE = (4096, 2668)
@@ -65,18 +73,6 @@ def zip_names(path: str | os.PathLike) -> frozenset[str]:
         return _namelist(str(p), p.stat().st_mtime)
     except (zipfile.BadZipFile, OSError) as err:
         raise ScanError(f"{path}: not a readable zip ({type(err).__name__}: {err})") from err
-
-
-def read_member(spec: str) -> bytes:
-    """Bytes of ``"<zip path>::<member>"``; ScanError naming both when missing or corrupt (bad CRC...)."""
-    path, _, member = spec.partition("::")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.read(member)
-    except KeyError as err:
-        raise ScanError(f"{spec}: no such member in the zip") from err
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-        raise ScanError(f"{spec}: cannot read zip member ({type(err).__name__}: {err})") from err
 
 
 def _parse_ply_vertices(spec: str, data: bytes) -> np.ndarray:

@@ -5,26 +5,29 @@ stored in `OUT/plan.json` by the first run; a rerun checks it is unchanged and s
 (manifest). One Ray task per shard renders its samples and writes the tar under a temporary name, then
 renames it, so a crash never leaves a partial shard visible. `OUT/index.json` (counts, bytes, sha256,
 splits) is rewritten from the manifest at the end of every run. The maths lives in
-:mod:`~p3dmm.pipeline.views`, :mod:`~p3dmm.pipeline.targets`, :mod:`~p3dmm.pipeline.appearance` and
-:mod:`~p3dmm.pipeline.photos`; :mod:`~p3dmm.pipeline.render_sample` puts them together per scan.
+:mod:`~p3dmm.pipeline.render.views`, :mod:`~p3dmm.pipeline.render.targets`, :mod:`~p3dmm.pipeline.render.appearance` and
+:mod:`~p3dmm.pipeline.render.photos`; :mod:`~p3dmm.pipeline.render.sample` puts them together per scan.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import functools
 import json
-import tarfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from p3dmm.flame.atomic import atomic_write, atomic_writer, remove_stale_temporaries
-from p3dmm.pipeline.jobs import JobSummary, init_ray, run_job
-from p3dmm.pipeline.manifest import Manifest
+from p3dmm.flame.atomic import atomic_write, remove_stale_temporaries
+from p3dmm.flame.scan import ScanRecord
+from p3dmm.pipeline.datasets import adapter
+from p3dmm.pipeline.jobs.manifest import Manifest
+from p3dmm.pipeline.jobs.runner import JobSummary, init_ray, run_job
+from p3dmm.pipeline.registered import load_registered, output_name
+from p3dmm.pipeline.render.sample import render_scan_samples, stable_unit
+from p3dmm.pipeline.shards.format import SCHEMA_VERSION
+from p3dmm.pipeline.shards.writer import write_shard
 
 PHOTO_SOURCES = ("facescape-mview", "ava256")
-SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class RenderConfig:
         val_fraction: fraction of subjects in the validation split (at least one when there are two).
         seed: global seed; each sample's randomness derives from it and the sample key.
         include_rejected: also render registrations that failed the acceptance checks.
-        view: overrides of :class:`~p3dmm.pipeline.views.ViewConfig` fields.
+        view: overrides of :class:`~p3dmm.pipeline.render.views.ViewConfig` fields.
     """
 
     views: int = 8
@@ -88,12 +91,6 @@ class RegisteredScan:
     accepted: bool
 
 
-def stable_unit(*parts: object) -> float:
-    """A hash of `parts` mapped to [0, 1): the same on every machine and Python run."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def list_registered(registered_dirs: Sequence[str | Path]) -> tuple[str, list[RegisteredScan]]:
     """(FLAME folder, scans) of one or more `p3dmm register` output folders; they must share FLAME."""
     import numpy as np
@@ -134,7 +131,6 @@ def split_subjects(subjects: Iterable[str], val_fraction: float, seed: int) -> d
 
 def plan_shards(scans: Sequence[RegisteredScan], config: RenderConfig) -> list[ShardSpec]:
     """Samples of every usable scan, grouped by scan (a task loads each scan once), cut into shards."""
-    from p3dmm.pipeline.register_job import output_name
 
     usable = [s for s in scans if s.accepted or config.include_rejected]
     split = split_subjects([s.subject for s in usable], config.val_fraction, config.seed)
@@ -155,51 +151,19 @@ def plan_shards(scans: Sequence[RegisteredScan], config: RenderConfig) -> list[S
     return shards
 
 
-def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> Iterable[tuple[tarfile.TarInfo, bytes]]:
-    """Deterministic tar headers (mtime 0, root, 0444) so the same samples give the same shard bytes."""
-    for key, members in samples:
-        for name in sorted(members):
-            info = tarfile.TarInfo(f"{key}.{name}")
-            info.size, info.mtime, info.mode = len(members[name]), 0, 0o444
-            info.uname = info.gname = "root"
-            yield info, members[name]
+@functools.lru_cache(maxsize=2)
+def _assets(flame_dir: str):
+    from p3dmm.flame.files import load_assets
+    from p3dmm.pipeline.render.targets import uv_region_faces
 
-
-def write_shard(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> dict:
-    """Stream samples into `path` atomically; returns {"samples", "bytes", "sha256"}. An exception from
-    `samples` (or a crash) leaves no file at `path`."""
-
-    class Hashing(io.RawIOBase):
-        def __init__(self, handle):
-            self.handle, self.hash, self.size = handle, hashlib.sha256(), 0
-
-        def writable(self) -> bool:
-            return True
-
-        def write(self, data) -> int:
-            self.hash.update(data)
-            self.size += len(data)
-            return self.handle.write(data)
-
-    seen: set[str] = set()
-    with atomic_writer(path) as handle:
-        sink = Hashing(handle)
-        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for info, data in tar_bytes(_count(samples, seen)):
-                tar.addfile(info, io.BytesIO(data))
-    return {"samples": len(seen), "bytes": sink.size, "sha256": sink.hash.hexdigest()}
-
-
-def _count(samples, seen: set):
-    for key, members in samples:
-        seen.add(key)
-        yield key, members
+    assets = load_assets(flame_dir)
+    if assets.uv is None:
+        raise ValueError(f"{flame_dir}: no UV layout (head_template.obj); UV targets need it")
+    return assets, uv_region_faces(assets)
 
 
 def render_shard(payload: tuple[ShardSpec, RenderJob]) -> dict:
     """Ray task body: render every sample of one shard and write it; returns the shard's index entry."""
-    from p3dmm.pipeline.render_sample import render_scan_samples
-
     shard, job = payload
     out = Path(job.out_dir) / shard.name
     skipped: list[str] = []
@@ -208,8 +172,11 @@ def render_shard(payload: tuple[ShardSpec, RenderJob]) -> dict:
         by_scan: dict[str, list[SampleSpec]] = {}
         for spec in shard.samples:
             by_scan.setdefault(spec.registered, []).append(spec)
+        assets, region_faces = _assets(job.flame_dir)
         for specs in by_scan.values():
-            yield from render_scan_samples(specs, job, skipped)
+            reg = load_registered(specs[0].registered)
+            scan = adapter(specs[0].source).load_scan(ScanRecord(**reg.record))
+            yield from render_scan_samples(specs, reg, scan, assets, region_faces, job.config, skipped)
 
     entry = write_shard(out, samples())
     return {"status": "ok", "reason": None, "split": shard.split, **entry, "skipped": skipped}

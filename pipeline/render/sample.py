@@ -8,22 +8,21 @@ flags; the registration gives the targets.
 
 from __future__ import annotations
 
-import functools
-import json
+import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.render import RayCaster, interpolate
-from p3dmm.flame.rotations import head_rotation
-from p3dmm.pipeline.appearance import linear_texture, pixel_albedo, render_photo, sample_look
-from p3dmm.pipeline.photos import face_crop_intrinsics, read_image, resample_photo
-from p3dmm.pipeline.shard_format import encode_flags, encode_sample
-from p3dmm.pipeline.targets import render_targets, uv_region_faces
-from p3dmm.pipeline.views import ViewConfig, sample_views
+from p3dmm.flame.scan import ScanGeometry
+from p3dmm.pipeline.registered import Registered
+from p3dmm.pipeline.render.appearance import linear_texture, pixel_albedo, render_photo, sample_look
+from p3dmm.pipeline.render.photos import face_crop_intrinsics, read_image, resample_photo
+from p3dmm.pipeline.render.targets import render_targets
+from p3dmm.pipeline.render.views import ViewConfig, sample_views
+from p3dmm.pipeline.shards.format import encode_flags, encode_sample
 
 OCCLUSION_MARGIN_M = 0.005
 """Scan surface this far in front of the FLAME surface (hair, hands) hides the target pixel."""
@@ -31,49 +30,13 @@ MAX_PHOTO_YAW_DEG = 75.0
 """Photos whose camera sees the face from further round than this are not used."""
 
 
-@dataclass(frozen=True)
-class Registered:
-    """A registration in the FLAME frame."""
-
-    vertices: np.ndarray  # (V, 3) float64 metres: FLAME(params) + offsets
-    params: dict
-    record: dict
-    scale: float
-    rotation: np.ndarray  # (3, 3) similarity FLAME -> scan frame
-    translation: np.ndarray  # (3,)
-    head_rotation: np.ndarray  # (3, 3) global @ neck
-
-    def to_flame(self, points: np.ndarray) -> np.ndarray:
-        """Scan-frame points -> FLAME frame (inverse of y = s x R^T + t)."""
-        return (np.asarray(points, np.float64) - self.translation) @ self.rotation / self.scale
-
-
-def load_registered(path: str) -> Registered:
-    with np.load(path) as data:
-        vertices = np.asarray(data["vertices"], np.float64)
-        params = json.loads(str(data["params"]))
-        record = json.loads(str(data["record"]))
-    scale = float(params["scale"])
-    rotation = np.asarray(params["rotation"], np.float64)
-    translation = np.asarray(params["similarity_translation"], np.float64)
-    head = head_rotation(torch.tensor(params["pose"], dtype=torch.float64)).numpy()
-    return Registered(vertices=(vertices - translation) @ rotation / scale, params=params, record=record,
-                      scale=scale, rotation=rotation, translation=translation, head_rotation=head)
-
-
-@functools.lru_cache(maxsize=2)
-def _assets(flame_dir: str):
-    from p3dmm.flame.files import load_assets
-
-    assets = load_assets(flame_dir)
-    if assets.uv is None:
-        raise ValueError(f"{flame_dir}: no UV layout (head_template.obj); UV targets need it")
-    return assets, uv_region_faces(assets)
+def stable_unit(*parts: object) -> float:
+    """A hash of `parts` mapped to [0, 1): the same on every machine and Python run."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _seed(global_seed: int, key: str) -> np.random.Generator:
-    from p3dmm.pipeline.render_job import stable_unit
-
     return np.random.default_rng([global_seed, int(stable_unit("sample", key) * 2**62)])
 
 
@@ -114,18 +77,12 @@ def choose_photos(cameras: Sequence, reg: Registered, count: int) -> list[tuple[
     return [(i, R, t) for _, i, R, t in usable]
 
 
-def render_scan_samples(specs: Sequence, job, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+def render_scan_samples(specs: Sequence, reg: Registered, scan: ScanGeometry, assets, region_faces: np.ndarray,
+                        config, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, members) for each spec of one scan, in order; a photo spec without a usable photo is skipped."""
-    from p3dmm.pipeline.register_job import adapter
-    from p3dmm.pipeline.sources.base import ScanRecord
-
-    config = job.config
     size = config.size
-    assets, region_faces = _assets(job.flame_dir)
     faces = assets.model.faces
-    reg = load_registered(specs[0].registered)
-    record = ScanRecord(**reg.record)
-    scan = adapter(specs[0].source).load_scan(record)
+    record = scan.record
     reg_caster = RayCaster(reg.vertices, faces)
     scan_caster = RayCaster(reg.to_flame(scan.vertices), scan.faces) if scan.faces is not None else None
     texture = linear_texture(read_image(record.texture)) if record.texture and scan.uv is not None else None

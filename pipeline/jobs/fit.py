@@ -19,7 +19,7 @@ import torch
 
 from p3dmm.fitting.fit import FitConfig, fit_batch
 from p3dmm.fitting.inputs import ImageError, image_id, list_images, load_image, read_boxes
-from p3dmm.pipeline.manifest import Manifest
+from p3dmm.pipeline.jobs.manifest import Manifest
 
 
 @dataclass
@@ -55,10 +55,10 @@ class FitWorker:
 
     def __init__(self, priors: str, flame_dir: str, out: str, root: str, config: FitConfig,
                  boxes: dict[str, list[float]], detect: bool = False, device: str | None = None):
-        from p3dmm.fitting.synthetic import fit_inputs
+        from p3dmm.fitting.correspondences import fit_inputs
         from p3dmm.flame.files import load_assets
+        from p3dmm.flame.mirror import mirror_axis_of
         from p3dmm.flame.model import FLAME
-        from p3dmm.training.data import mirror_axis_of
         from p3dmm.training.export import load_priors
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -209,7 +209,7 @@ def _fit_with_ray(batches: list[tuple[list[str], list[str] | None]], args: tuple
                   workers: int | None) -> None:
     import ray
 
-    from p3dmm.pipeline.jobs import init_ray
+    from p3dmm.pipeline.jobs.runner import init_ray
 
     started = init_ray(address, num_cpus)
     try:

@@ -19,13 +19,13 @@ from scipy.spatial import cKDTree
 from p3dmm.flame.cameras import Cameras, project
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.render import raycast
+from p3dmm.flame.scan import CameraView, ScanError
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline.photos import distort_points
-from p3dmm.pipeline.sources import ava256, facescape_mview
-from p3dmm.pipeline.sources.base import CameraView, ScanError
+from p3dmm.pipeline.datasets import ava256, facescape_mview
+from p3dmm.pipeline.render.photos import distort_points
 from p3dmm.pipeline.synth.ava256 import write_ava256
 from p3dmm.pipeline.synth.facescape_mview import BACKGROUND, write_facescape_mview
-from p3dmm.pipeline.synth_scans import read_truth
+from p3dmm.pipeline.synth.scans import read_truth
 
 SID = "BDF920"
 

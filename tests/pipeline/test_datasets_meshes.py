@@ -14,10 +14,10 @@ import pytest
 from scipy.spatial import cKDTree
 
 from p3dmm.flame.files import load_assets
+from p3dmm.flame.scan import ScanError, ScanRecord
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline import synth_scans as ss
-from p3dmm.pipeline.sources import facescape, generic, nphm
-from p3dmm.pipeline.sources.base import ScanError, ScanRecord
+from p3dmm.pipeline.datasets import facescape, generic, nphm
+from p3dmm.pipeline.synth import scans as ss
 from p3dmm.pipeline.synth.facescape import IPD_MM, LANDMARK_FILE, write_facescape
 from p3dmm.pipeline.synth.generic import write_generic
 from p3dmm.pipeline.synth.nphm import NPHM_SCALE, cylinder_uv, write_nphm, write_textured_ply

@@ -1,6 +1,6 @@
 """Registration at scale: one Ray task per scan, results in `OUT/registered/`, a manifest, resume.
 
-This module only orchestrates: listing scans is the adapters' job (`p3dmm.pipeline.sources`), the
+This module only orchestrates: listing scans is the adapters' job (`p3dmm.pipeline.datasets`), the
 maths is `p3dmm.registration.register_scan`. Output per scan: `OUT/registered/<name>.npz` with the
 registered FLAME-topology vertices (scan frame), FLAME params, metrics and the verdict;
 `OUT/manifest.jsonl` one line per finished scan; `OUT/job.json` the resolved job settings.
@@ -9,7 +9,6 @@ registered FLAME-topology vertices (scan frame), FLAME params, metrics and the v
 from __future__ import annotations
 
 import functools
-import importlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -19,16 +18,10 @@ from typing import Any
 import numpy as np
 
 from p3dmm.flame.atomic import atomic_write, remove_stale_temporaries
-from p3dmm.pipeline.jobs import JobSummary, init_ray, run_job
-from p3dmm.pipeline.manifest import Manifest
-
-SOURCES = {
-    "nphm": "p3dmm.pipeline.sources.nphm",
-    "facescape": "p3dmm.pipeline.sources.facescape",
-    "facescape-mview": "p3dmm.pipeline.sources.facescape_mview",
-    "ava256": "p3dmm.pipeline.sources.ava256",
-    "generic": "p3dmm.pipeline.sources.generic",
-}
+from p3dmm.pipeline.datasets import adapter
+from p3dmm.pipeline.jobs.manifest import Manifest
+from p3dmm.pipeline.jobs.runner import JobSummary, init_ray, run_job
+from p3dmm.pipeline.registered import output_name
 
 
 @dataclass(frozen=True)
@@ -43,16 +36,6 @@ class RegisterJob:
     registration: dict = field(default_factory=dict)
 
 
-def adapter(source: str):
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    return importlib.import_module(SOURCES[source])
-
-
-def output_name(scan_id: str) -> str:
-    return scan_id.replace("/", "__")
-
-
 @functools.lru_cache(maxsize=4)
 def _assets(flame_dir: str):
     """Loaded once per worker process and reused by every task it runs."""
@@ -64,7 +47,7 @@ def _assets(flame_dir: str):
 def register_one(payload: tuple[Any, RegisterJob]) -> dict:
     """Ray task body: load one scan, register it, write its result atomically, return a small record."""
     from p3dmm.flame.mesh import MeshError
-    from p3dmm.pipeline.sources.base import ScanError
+    from p3dmm.flame.scan import ScanError
     from p3dmm.registration.config import RegistrationConfig
     from p3dmm.registration.register import register_scan
 

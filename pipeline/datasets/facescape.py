@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from p3dmm.pipeline.sources.base import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
+from p3dmm.flame.scan import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
 
 DATASET = "facescape"
 TO_FLAME_SCALE = 0.001

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from p3dmm.flame.mesh import MeshError, load_mesh
-
-from .base import CameraView, ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
+from p3dmm.flame.scan import CameraView, ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
 
 DATASET = "facescape-mview"
 _TUPLE = re.compile(r"^(\d+)_([A-Za-z_]+)\.ply$")

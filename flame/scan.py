@@ -8,6 +8,7 @@ metres, right-handed, +y up, the face looking along +z (+x = the subject's left)
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,3 +111,15 @@ def check_head_size(path: str | Path, vertices_m: np.ndarray) -> None:
             f"{path}: extent {extent:.3g} m after unit conversion does not look like a head "
             "(wrong units? NPHM is FLAME x 4, FaceScape and Ava256 are in mm)"
         )
+
+
+def read_member(spec: str) -> bytes:
+    """Bytes of ``"<zip path>::<member>"``; ScanError naming both when missing or corrupt (bad CRC...)."""
+    path, _, member = spec.partition("::")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.read(member)
+    except KeyError as err:
+        raise ScanError(f"{spec}: no such member in the zip") from err
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise ScanError(f"{spec}: cannot read zip member ({type(err).__name__}: {err})") from err

@@ -1,0 +1,1 @@
+"""Registration reports: evaluation against synthetic ground truth and the per-layout QA page."""
