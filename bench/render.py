@@ -47,9 +47,9 @@ def main() -> None:
 
     from p3dmm.flame.cameras import to_pytorch3d
     from p3dmm.flame.files import load_assets
-    from p3dmm.flame.mesh import vertex_normals
+    from p3dmm.flame.mesh import vertex_normals, vertex_normals_np
     from p3dmm.flame.model import FLAME
-    from p3dmm.flame.render import RayCaster
+    from p3dmm.flame.render import RayCaster, pixel_normals
     from p3dmm.flame.synth import write_synthetic_flame
     from p3dmm.pipeline.render.appearance import linear_texture, pixel_albedo, render_photo, sample_look
     from p3dmm.pipeline.render.targets import render_targets, uv_region_faces
@@ -118,7 +118,7 @@ def main() -> None:
     start = time.perf_counter()
     scan_caster = RayCaster(sv, sf)
     build = time.perf_counter() - start
-    normals = vertex_normals(torch.from_numpy(sv)[None], torch.from_numpy(sf))[0].numpy()
+    normals = vertex_normals_np(sv, sf)
     results["scan faces"] = len(sf)
     for size in (256, 512):
         cams, _ = sample_views(np.random.default_rng(1), args.views, centre, np.eye(3), extent, size)
@@ -126,12 +126,9 @@ def main() -> None:
         it = iter(range(10**9))
 
         def rgb(cams=cams, rng=rng, it=it):
-            from p3dmm.flame.render import interpolate
-
             hits = scan_caster.cast(cams[next(it) % args.views])
-            n = interpolate(hits, normals, sf)
-            n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-            render_photo(hits, n, pixel_albedo(hits, sf, face_uv=face_uv, texture=texture), sample_look(rng), rng)
+            albedo = pixel_albedo(hits, sf, face_uv=face_uv, texture=texture)
+            render_photo(hits, pixel_normals(hits, normals, sf), albedo, sample_look(rng), rng)
 
         rate = per_second(rgb, max(4, args.views // 2))
         it_cast = iter(range(10**9))
@@ -152,12 +149,8 @@ def main() -> None:
             for k in range(args.samples):
                 t = render_targets(caster, cams[k], np.eye(3), assets.uv.vt, assets.uv.ft, region)
                 hits = scan_caster.cast(cams[k])
-                from p3dmm.flame.render import interpolate
-
-                n = interpolate(hits, normals, sf)
-                n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-                image = render_photo(hits, n, pixel_albedo(hits, sf, face_uv=face_uv, texture=texture),
-                                     sample_look(rng), rng)
+                albedo = pixel_albedo(hits, sf, face_uv=face_uv, texture=texture)
+                image = render_photo(hits, pixel_normals(hits, normals, sf), albedo, sample_look(rng), rng)
                 yield f"s{k:05d}", encode_sample(f"s{k:05d}", image, t.normal, t.uv, encode_flags(t.mask, t.face_mask),
                                                  t.depth, {"k": k})
 

@@ -1,1 +1,2 @@
-"""Batched FLAME fitting from predicted normals and UVs, and evaluation. Filled by the fitting issue."""
+"""Batched FLAME fitting from predicted normals and UVs (inputs, correspondences, the fit, outputs), and
+the evaluation of posed and neutral geometry against ground truth."""

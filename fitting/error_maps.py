@@ -44,13 +44,13 @@ def _batch(v: np.ndarray) -> torch.Tensor:
 
 
 def front_camera(points: np.ndarray, right: np.ndarray, up: np.ndarray, size: int,
-                 distance: float = 1.0, fill: float = 0.9) -> Cameras:
-    """A camera `distance` metres in front of `points` (the face: forward = right x up), looking at their
+                 distance_m: float = 1.0, fill: float = 0.9) -> Cameras:
+    """A camera `distance_m` metres in front of `points` (the face: forward = right x up), looking at their
     centre, zoomed so they span `fill` of a `size` x `size` image. Far away, so the view is near-orthographic."""
     basis = np.stack([right, up, np.cross(right, up)])
     local = points @ basis.T
     centre = (local.min(0) + local.max(0)) / 2 @ basis
-    eye = centre + basis[2] * distance
+    eye = centre + basis[2] * distance_m
     rot, t = look_at(_batch(eye), _batch(centre), _batch(up))
     cam = points @ rot[0].numpy().T + t[0].numpy()
     focal = fill * size / 2 / np.abs(cam[:, :2] / cam[:, 2:]).max()

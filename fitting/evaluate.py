@@ -41,6 +41,7 @@ from p3dmm.fitting.metrics import (
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.cameras import Cameras
+from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import MeshError, load_mesh
 
 KINDS = ("posed", "neutral")
@@ -77,13 +78,6 @@ def load_flame(flame_dir: str | os.PathLike) -> Flame:
     return Flame(assets, faces, face_v, face_v[faces].all(1))
 
 
-def flame_landmarks(assets: FlameAssets, vertices: np.ndarray) -> np.ndarray:
-    """(68, 3) iBUG landmarks of a FLAME-topology mesh through the frontal landmark embedding."""
-    emb = assets.landmarks
-    corners = vertices[assets.model.faces[emb.full_faces]]  # (68, 3, 3)
-    return (corners * emb.full_bary[..., None]).sum(1)
-
-
 def _first_file(candidates: list[Path]) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
@@ -104,7 +98,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _camera(flame: Flame, pred_vertices: np.ndarray) -> Cameras:
     """The front view of an aligned prediction: face axes from its landmarks (FLAME's x, y without them)."""
     if flame.assets.landmarks is not None:
-        right, up = face_axes(flame_landmarks(flame.assets, pred_vertices))
+        right, up = face_axes(frontal_landmarks(flame.assets, pred_vertices))
     else:
         right, up = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     return front_camera(pred_vertices[flame.face_vertices], right, up, MAP_SIZE)
@@ -119,7 +113,7 @@ def _default_alignment(flame: Flame, p_v: np.ndarray, g_v: np.ndarray, g_f: np.n
                           samples=samples)
     if not lmk_file.is_file() or flame.assets.landmarks is None:
         raise RowError(f"{gt_file}: other topology needs {lmk_file.name} and FLAME landmarks")
-    return align_face(p_v, g_v, (flame.faces, g_f), (flame.face_region, None), flame_landmarks(flame.assets, p_v),
+    return align_face(p_v, g_v, (flame.faces, g_f), (flame.face_region, None), frontal_landmarks(flame.assets, p_v),
                       np.load(lmk_file), similarity=similarity, samples=samples)
 
 
@@ -172,7 +166,7 @@ def _now_row(flame: Flame, p_v: np.ndarray, gt: Path, name: str, kind: str, *,
     if crop.sum() < 100:
         raise RowError(f"{scan_file}: {int(crop.sum())} scan points within NoW's face crop of its landmarks "
                        "(landmarks of another scan, or not in metres?)")
-    p_lmk = flame_landmarks(flame.assets, p_v)[list(NOW_IBUG)]
+    p_lmk = frontal_landmarks(flame.assets, p_v)[list(NOW_IBUG)]
     aligned = align_to_scan(p_v, flame.faces, p_lmk, s_v[crop], s_lmk, similarity=similarity)
     dist_mm = np.full(len(s_v), np.nan)
     dist_mm[crop] = aligned.distances * 1000

@@ -23,11 +23,15 @@ import torch.nn.functional as F
 
 from p3dmm.fitting.correspondences import Correspondences, find_correspondences
 from p3dmm.flame.cameras import Cameras, project, to_pytorch3d
+from p3dmm.flame.fragments import pixel_normals
 from p3dmm.flame.mesh import vertex_normals
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.rotations import head_rotation
 
 CAMERA_DISTANCE_M = 1.0
+"""The fitting camera sits this far from the FLAME origin on +z, looking back at the face."""
+VISIBILITY_MARGIN_M = 0.01
+"""A fitted vertex is visible at its matched pixel when it is at most this far behind the rendered depth."""
 
 
 @dataclass(frozen=True)
@@ -91,21 +95,30 @@ class FitResult:
     expression: torch.Tensor  # (B, n_expression)
     pose: torch.Tensor  # (B, 15) axis-angle
     translation: torch.Tensor  # (B, 3)
-    focal: torch.Tensor  # (B,) pixels at raster_size
-    principal_point: torch.Tensor  # (B, 2) pixels at raster_size
+    focal_px: torch.Tensor  # (B,) at raster_size
+    principal_point_px: torch.Tensor  # (B, 2) at raster_size
     vertices: torch.Tensor  # (B, V, 3) posed
     neutral: torch.Tensor  # (B, V, 3) template + shape only
     losses: dict[str, float]
 
 
-def fixed_camera(batch: int, size: int, focal: torch.Tensor, pp: torch.Tensor) -> Cameras:
-    """The fitting camera: at +1 m on the FLAME z axis looking at the origin (x_cam = diag(1,-1,-1) x + (0,0,1))."""
-    R = torch.diag(torch.tensor([1.0, -1.0, -1.0])).expand(batch, 3, 3).to(focal)
-    t = torch.tensor([0.0, 0.0, CAMERA_DISTANCE_M]).expand(batch, 3).to(focal)
-    K = torch.zeros(batch, 3, 3, dtype=focal.dtype, device=focal.device)
-    K[:, 0, 0] = K[:, 1, 1] = focal
-    K[:, 0, 2] = (size - 1) / 2 + pp[:, 0]
-    K[:, 1, 2] = (size - 1) / 2 + pp[:, 1]
+def fixed_camera(batch: int, size: int, focal_px: torch.Tensor, pp_px: torch.Tensor) -> Cameras:
+    """The fitting camera, the one definition every fitting output uses (json, overlays, oracle cues).
+
+    At CAMERA_DISTANCE_M on the FLAME +z axis looking at the origin, image up = FLAME +y:
+    x_cam = diag(1, -1, -1) x + (0, 0, CAMERA_DISTANCE_M); K = [[f, 0, c + pp_x], [0, f, c + pp_y], [0, 0, 1]]
+    with c = (size - 1) / 2 (the image centre, project convention).
+
+    Args:
+        size: image side, pixels. focal_px: (B,); pp_px: (B, 2) principal-point offset from the image centre
+            (the cameras take their dtype and device).
+    """
+    R = torch.diag(torch.tensor([1.0, -1.0, -1.0])).expand(batch, 3, 3).to(focal_px)
+    t = torch.tensor([0.0, 0.0, CAMERA_DISTANCE_M]).expand(batch, 3).to(focal_px)
+    K = torch.zeros(batch, 3, 3, dtype=focal_px.dtype, device=focal_px.device)
+    K[:, 0, 0] = K[:, 1, 1] = focal_px
+    K[:, 0, 2] = (size - 1) / 2 + pp_px[:, 0]
+    K[:, 1, 2] = (size - 1) / 2 + pp_px[:, 1]
     K[:, 2, 2] = 1.0
     return Cameras(K=K, R=R, t=t, image_size=(size, size))
 
@@ -213,8 +226,8 @@ def fit_batch(flame: FLAME, pred: dict[str, torch.Tensor], fit_vertices: np.ndar
         out, shape, expr = run_flame()
         neutral = flame(shape=shape).vertices
     return FitResult(shape=shape.detach(), expression=expr.detach(), pose=params.pose().detach(),
-                     translation=params.translation.detach(), focal=params.log_focal.exp().detach(),
-                     principal_point=params.pp.detach() + (size - 1) / 2, vertices=out.vertices.detach(),
+                     translation=params.translation.detach(), focal_px=params.log_focal.exp().detach(),
+                     principal_point_px=params.pp.detach() + (size - 1) / 2, vertices=out.vertices.detach(),
                      neutral=neutral.detach(), losses=losses)
 
 
@@ -241,8 +254,8 @@ def _initialise(params: _Params, run_flame, corr: Correspondences, fit_idx: torc
 
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, backend: str
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(face ids (B, S, S) long, per-image, -1 on background; barycentrics (B, S, S, 3); depth (B, S, S), -1 on
-    background) of a batch of meshes with shared faces."""
+    """(face ids (B, S, S) long, per-image, -1 on background; barycentrics (B, S, S, 3); depth (B, S, S) camera z,
+    metres, inf on background) of a batch of meshes with shared faces, by either backend."""
     batch = vertices.shape[0]
     size = cams.image_size[0]
     if backend == "pytorch3d":
@@ -256,7 +269,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, backen
         packed = frags.pix_to_face[..., 0]
         local = torch.where(packed >= 0, packed - torch.arange(batch, device=packed.device).view(-1, 1, 1) * len(faces),
                             packed)
-        return local, frags.bary_coords[..., 0, :], frags.zbuf[..., 0]
+        depth = torch.where(packed >= 0, frags.zbuf[..., 0], torch.inf)  # PyTorch3D's background is -1
+        return local, frags.bary_coords[..., 0, :], depth
     from p3dmm.flame.render import RayCaster
 
     ids, barys, depths = [], [], []
@@ -266,7 +280,7 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, backen
         hits = RayCaster(vertices[b].detach().double().cpu().numpy(), faces_np).cast(cams[b])
         ids.append(torch.from_numpy(hits.face_id))
         barys.append(torch.from_numpy(hits.bary))
-        depths.append(torch.from_numpy(np.where(np.isfinite(hits.depth), hits.depth, -1.0)))
+        depths.append(torch.from_numpy(hits.depth))
     dev = vertices.device
     return torch.stack(ids).to(dev), torch.stack(barys).to(dev).float(), torch.stack(depths).to(dev).float()
 
@@ -279,13 +293,8 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     covered = face_id >= 0
     terms: dict[str, torch.Tensor] = {}
 
-    # normals in the head frame: undo global and neck rotation
-    head = head_rotation(params.pose())
-    normals = vertex_normals(vertices, faces)  # (B, V, 3)
-    local = torch.einsum("bvi,bij->bvj", normals, head)  # n_head = R^T n  (row vectors: n @ R)
-    corner = faces[face_id.clamp(min=0)]  # (B, S, S, 3) vertex ids
-    gathered = torch.gather(local, 1, corner.reshape(batch, -1, 1).expand(-1, -1, 3)).reshape(*corner.shape, 3)
-    rendered = F.normalize((bary[..., None] * gathered).sum(-2), dim=-1)  # (B, S, S, 3)
+    # head-frame normals, the training targets' definition (global and neck rotation undone)
+    rendered = pixel_normals(vertex_normals(vertices, faces), faces, face_id, bary, head_rotation(params.pose()))
     target = pred["normal"].permute(0, 2, 3, 1)
     err = (rendered - target).abs()
     use = covered & pixel_mask & (err.mean(-1) < config.normal_outlier)
@@ -295,7 +304,7 @@ def _joint_losses(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, pa
     uv_px, depth = project(vertices[:, fit_idx], cams)
     px = corr.pixel.round().long().clamp(0, size - 1)
     seen_depth = zbuf[torch.arange(batch)[:, None], px[..., 1], px[..., 0]]
-    visible = (seen_depth > 0) & (depth <= seen_depth + 0.01)
+    visible = torch.isfinite(seen_depth) & (depth <= seen_depth + VISIBILITY_MARGIN_M)
     near = ((uv_px - corr.pixel).abs().sum(-1) / size) < config.pixel_gate
     ok = (corr.valid & near & visible).float().detach()
     res = ((uv_px - corr.pixel) / size) ** 2

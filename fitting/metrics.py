@@ -192,17 +192,17 @@ class SurfaceQuery:
 
 
 def icp_mesh_to_points(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, *, scale: bool = False,
-                       iterations: int = 30, tol: float = 1e-7) -> np.ndarray:
+                       iterations: int = 30, tol_m: float = 1e-7) -> np.ndarray:
     """The mesh moved (rigidly, or with scale) to minimise the points' squared distances to its surface:
     point-to-surface ICP with every point counted (NoW's refinement: the scan stays put, its frame is where
-    distances are measured). Stops when the matched surface points move less than `tol` metres."""
+    distances are measured). Stops when the matched surface points move less than `tol_m` metres."""
     query = SurfaceQuery(vertices, faces)  # built once: the mesh stays put, the points move by the inverse
     sim = identity()
     for _ in range(iterations):
         on_mesh = sim.apply(query.closest(sim.invert_points(points)))  # a similarity keeps nearest points
         step = umeyama(on_mesh, points, with_scale=scale)
         sim = step.compose(sim)
-        if np.abs(step.apply(on_mesh) - on_mesh).max() < tol:
+        if np.abs(step.apply(on_mesh) - on_mesh).max() < tol_m:
             break
     return sim.apply(vertices)
 

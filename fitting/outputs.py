@@ -14,19 +14,26 @@ import torch
 
 from p3dmm.fitting.fit import FitResult, fixed_camera
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.grid import image_grid, save_png
 from p3dmm.flame.mesh import save_mesh
-from p3dmm.flame.render import RayCaster, shade
+from p3dmm.flame.render import RayCaster, pixel_normals, shade
 from p3dmm.flame.rotations import head_rotation
-from p3dmm.pipeline.render.targets import head_frame_normals
+
+
+def result_camera(result: FitResult, b: int, size: int) -> Cameras:
+    """The fitting camera of image ``b`` (:func:`fixed_camera` with its fitted focal and principal point)."""
+    return fixed_camera(1, size, result.focal_px[b : b + 1].double().cpu(),
+                        (result.principal_point_px[b : b + 1] - (size - 1) / 2).double().cpu())
 
 
 def params_dict(result: FitResult, b: int, size: int) -> dict:
+    camera = result_camera(result, b, size)
     return {
         "shape": result.shape[b].tolist(), "expression": result.expression[b].tolist(),
         "pose": result.pose[b].tolist(), "translation": result.translation[b].tolist(),
-        "camera": {"focal_px": float(result.focal[b]), "principal_point_px": result.principal_point[b].tolist(),
-                   "size": size, "R": [[1, 0, 0], [0, -1, 0], [0, 0, -1]], "t": [0.0, 0.0, 1.0]},
+        "camera": {"focal_px": float(result.focal_px[b]), "principal_point_px": result.principal_point_px[b].tolist(),
+                   "size": size, "R": camera.R[0].tolist(), "t": camera.t[0].tolist()},
         "losses": result.losses,
     }
 
@@ -36,8 +43,7 @@ def overlay_panel(image: np.ndarray, pred_normal: np.ndarray, result: FitResult,
     """input | fitted mesh over the input | predicted normals | fitted (rendered) normals, (H, W, 3) uint8."""
     from PIL import Image
 
-    cam = fixed_camera(1, size, result.focal[b : b + 1].double().cpu(),
-                       (result.principal_point[b : b + 1] - (size - 1) / 2).double().cpu())
+    cam = result_camera(result, b, size)
     verts = result.vertices[b].double().cpu().numpy()
     caster = RayCaster(verts, faces)
     hits = caster.cast(cam)
@@ -47,7 +53,7 @@ def overlay_panel(image: np.ndarray, pred_normal: np.ndarray, result: FitResult,
     m = hits.face_id >= 0
     over[m] = (0.6 * mesh[m] + 0.4 * base[m]).astype(np.uint8)
     head = head_rotation(result.pose[b].double().cpu()).numpy()
-    fitted = head_frame_normals(hits, caster.vertex_normals, faces, head)
+    fitted = pixel_normals(hits, caster.vertex_normals, faces, head)
     fitted_rgb = np.where(m[..., None], np.rint((fitted + 1) * 127.5), 255).astype(np.uint8)
     pn = pred_normal
     if pn.shape[0] != size:

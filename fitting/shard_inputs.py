@@ -2,8 +2,9 @@
 
 `p3dmm fit --shards DIR --split val` fits the views of the validation subjects (never seen in training).
 Each sample's photo (`rgb.jpg`, as stored) becomes `OUT/inputs/images/<key>.jpg`; its ground truth goes to
-`OUT/inputs/gt/`: `<key>.posed.ply` is the registered mesh the targets were rendered from (FLAME topology),
-`<key>.neutral.ply` is FLAME with the registration's shape only (its identity, zero expression and pose).
+`OUT/inputs/gt/`: `<key>.posed.ply` is the registered mesh the targets were rendered from (FLAME topology, and
+the FLAME frame the targets and cameras are in, not the scan's), `<key>.neutral.ply` is FLAME with the
+registration's shape only (its identity, zero expression and pose).
 `subjects.json` maps every image to its subject for the multi-image (shared identity) mode. Everything is
 written under temporary names and renamed, and an existing export is reused.
 """
@@ -19,6 +20,7 @@ import torch
 
 from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.mesh import save_mesh
+from p3dmm.pipeline.registered import load_registered
 from p3dmm.pipeline.shards.reader import iter_samples, read_index, shard_paths
 
 
@@ -32,8 +34,8 @@ def _registered_paths(shards: Path) -> dict[str, str]:
 
 
 def _truth(flame, meta: dict, npz_path: str | None, key: str, shards: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(posed, neutral) vertices: the registered mesh when the plan names one (it carries the registration's
-    offsets), else FLAME of the sample's parameters; neutral is FLAME of the shape alone."""
+    """(posed, neutral) FLAME-frame vertices: the registered mesh when the plan names one (it carries the
+    registration's offsets), else FLAME of the sample's parameters; neutral is FLAME of the shape alone."""
     params = meta.get("flame")
     if not params or "shape" not in params:
         raise ValueError(f"{shards}: sample {key} has no FLAME parameters in meta.json")
@@ -52,8 +54,7 @@ def _truth(flame, meta: dict, npz_path: str | None, key: str, shards: Path) -> t
             return posed, neutral
     if not Path(npz_path).is_file():
         raise FileNotFoundError(f"{shards}: registered mesh of sample {key} not found ({npz_path})")
-    with np.load(npz_path, allow_pickle=False) as z:
-        posed = np.asarray(z["vertices"], dtype=np.float64)
+    posed = load_registered(npz_path).vertices  # FLAME frame, as the targets and cameras (never the scan's)
     if len(posed) != len(neutral):
         raise ValueError(f"{npz_path}: {len(posed)} vertices, the FLAME model has {len(neutral)} "
                          "(shards rendered with another FLAME?)")

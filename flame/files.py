@@ -1,9 +1,9 @@
 """Read and write the official FLAME files, safely and without chumpy or torch.
 
-Readers go through :mod:`p3dmm.flame.safe_pickle` (a restricted unpickler: nothing foreign ever runs)
+Readers go through :mod:`p3dmm.flame.pickle_reader` (a restricted unpickler: nothing foreign ever runs)
 and validate everything they return, so the rest of the project can trust a :class:`FlameAssets`.
-Writers reproduce the official on-disk layouts (flame-format.md §1, §2, §4) with
-:mod:`p3dmm.flame.legacy_pickle`, so that files we synthesise load in every existing FLAME tool;
+Writers reproduce the official on-disk layouts (docs/flame-files.md §1, §2, §4) with
+:mod:`p3dmm.flame.pickle_writer`, so that files we synthesise load in every existing FLAME tool;
 they are deterministic (same input, same bytes) and atomic (a temporary file in the same folder,
 then `os.replace`), so a crash never leaves a half-written asset behind.
 """
@@ -28,7 +28,8 @@ from p3dmm.flame.assets import (
     UVLayout,
 )
 from p3dmm.flame.atomic import atomic_write
-from p3dmm.flame.legacy_pickle import (
+from p3dmm.flame.pickle_reader import read_bytes, safe_load_bytes, safe_load_file
+from p3dmm.flame.pickle_writer import (
     array_node,
     chumpy_node,
     csc_node,
@@ -36,7 +37,6 @@ from p3dmm.flame.legacy_pickle import (
     object_scalar_array_node,
     torch_tensor_node,
 )
-from p3dmm.flame.safe_pickle import read_bytes, safe_load_bytes, safe_load_file
 
 __all__ = [
     "FLAME_DIR_ENV",
@@ -75,7 +75,7 @@ MODEL_KEY_ORDER = (
     "f", "J_regressor", "kintree_table", "J", "bs_style", "weights", "posedirs", "v_template",
     "shapedirs", "bs_type",
 )
-"""Python 2 dict order of the official model files' keys (flame-format.md §1.1)."""
+"""Python 2 dict order of the official model files' keys (docs/flame-files.md §1.1)."""
 
 _REQUIRED_MODEL_KEYS = ("f", "v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
 
@@ -226,7 +226,7 @@ def _rest_joints(j_regressor: np.ndarray, v_template: np.ndarray) -> np.ndarray:
 
 
 def write_model_pkl(path: str | os.PathLike, data: FlameModelData, *, all_arrays_as_chumpy: bool = False) -> None:
-    """Write `data` in the official model layout (Python-2 protocol-2 pickle, flame-format.md §1.1/§1.2).
+    """Write `data` in the official model layout (Python-2 protocol-2 pickle, docs/flame-files.md §1.1/§1.2).
 
     Args:
         path: destination `.pkl`, written atomically.
@@ -331,7 +331,7 @@ def _landmarks_from_dict(path: object, raw: dict) -> LandmarkEmbedding:
 
 
 def read_landmark_embedding(path: str | os.PathLike) -> LandmarkEmbedding:
-    """Read `landmark_embedding.npy` (flame-format.md §1.4) without numpy's unrestricted unpickling
+    """Read `landmark_embedding.npy` (docs/flame-files.md §1.4) without numpy's unrestricted unpickling
     and without torch: the legacy torch tensors inside are parsed by our own restricted code."""
     return _landmarks_from_dict(path, _landmark_dict(path, read_bytes(path)))
 
@@ -345,7 +345,7 @@ def _npy_header_object_scalar() -> bytes:
 
 
 def write_landmark_embedding(path: str | os.PathLike, emb: LandmarkEmbedding) -> None:
-    """Write `landmark_embedding.npy` exactly as DECA/MICA ship it (flame-format.md §1.4).
+    """Write `landmark_embedding.npy` exactly as DECA/MICA ship it (docs/flame-files.md §1.4).
 
     Dynamic entries become legacy torch tensors (int64 faces, float32 barycentrics), the static
     barycentrics a Fortran-ordered float64 array, the full set (1, N) int64 and (1, N, 3) float32.

@@ -4,13 +4,21 @@ The embedding (:class:`p3dmm.flame.assets.LandmarkEmbedding`) gives L static poi
 points 17..67 for the official file) and 79 rows of 17 contour points (iBUG 0..16), one row per
 integer yaw angle; :func:`dynamic_row` picks the row as smplx / FLAME_PyTorch / pixel3dmm do (DECA's
 variant lacks a minus sign and is not followed here).
+
+A landmark is a point given by a face and barycentric weights, p = sum_k bary[k] * v[faces[face, k]], in the
+frame and units of the vertices; :func:`landmarks_from_barycentric` is the one implementation (the FLAME
+forward, registration, synthetic scans and evaluation all go through it; :func:`frontal_landmarks` is its
+numpy form for one mesh).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from .assets import FlameAssets
 
 NUM_DYNAMIC_ROWS = 79
 """Rows of the dynamic (contour) embedding: yaw 0..39 degrees, then 40..78 for yaw -1..-39."""
@@ -104,3 +112,26 @@ def landmarks_68(
     face_idx = torch.cat((dynamic_faces[rows], static_faces.expand(batch, -1)), 1)
     bary = torch.cat((dynamic_bary[rows], static_bary.expand(batch, -1, -1)), 1).to(vertices.dtype)
     return landmarks_from_barycentric(vertices, faces, face_idx, bary)
+
+
+def frontal_landmarks(assets: FlameAssets, vertices: np.ndarray) -> np.ndarray:
+    """The 68 iBUG landmarks of one FLAME-topology mesh through the frontal embedding (``full_faces`` /
+    ``full_bary``: the contour of a frontal head, whatever the mesh's pose), in numpy.
+
+    Args:
+        vertices: (V, 3) float, any frame and units; the result is in the same.
+
+    Returns:
+        (68, 3) in the dtype of ``vertices`` (at least float32).
+
+    Raises:
+        ValueError: the assets have no landmark embedding.
+    """
+    if assets.landmarks is None:
+        raise ValueError("frontal_landmarks: these FLAME assets have no landmark embedding")
+    emb = assets.landmarks
+    verts = torch.tensor(np.asarray(vertices, np.result_type(np.asarray(vertices).dtype, np.float32)))[None]
+    faces = torch.tensor(np.asarray(assets.model.faces, np.int64))
+    face_idx = torch.tensor(np.asarray(emb.full_faces, np.int64))[None]
+    bary = torch.tensor(np.asarray(emb.full_bary)).to(verts.dtype)[None]
+    return landmarks_from_barycentric(verts, faces, face_idx, bary)[0].numpy()

@@ -5,8 +5,12 @@ row ``i`` of the array), because registration and FLAME correspondences index ve
 Bad files raise :class:`MeshError` with a one-line message that starts with the path, so a batch
 driver can record it and go on. Writes are atomic: a half-written mesh never appears under its name.
 
-Normals are torch functions, batched first (B meshes sharing one topology), so the fitting stage
-can differentiate through them on the GPU; the CPU renderer calls the same functions.
+Normals are defined once, as torch functions batched first (B meshes sharing one topology), so the
+fitting stage can differentiate through them on the GPU. Numpy callers (registration, synthetic scans,
+the CPU ray caster) use the ``*_np`` adapters, which run the same torch code on one (V, 3) mesh. The
+definition (docs/conventions.md): a face normal is (v1 - v0) x (v2 - v0), outward for faces that are
+counter-clockwise seen from outside; a vertex normal is the normalised sum of its faces' unnormalised
+normals (area weighting); normalisation is n / max(|n|, NORMAL_EPS).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import trimesh
 from .atomic import atomic_write
 
 MESH_SUFFIXES = (".ply", ".obj")
-_NORMAL_EPS = 1e-12
-"""Norm floor when normalising: vectors shorter than this shrink to length |v| / eps instead of NaN."""
 """File types :func:`save_mesh` writes (chosen by suffix, case-insensitive)."""
+NORMAL_EPS = 1e-12
+"""Norm floor of every normalisation of normals, n / max(|n|, eps): vectors shorter than eps shrink to
+length |n| / eps instead of becoming NaN (shared by vertex, face and per-pixel normals)."""
 
 
 class MeshError(ValueError):
@@ -134,6 +139,14 @@ def save_mesh(
     atomic_write(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def drop_unused_vertices(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh without the vertices no face uses: (V', 3) kept vertices in their order, (F, 3) faces renumbered."""
+    used = np.unique(faces)
+    remap = np.full(len(verts), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return verts[used], remap[faces]
+
+
 def _check_normals_inputs(name: str, verts: torch.Tensor, faces: torch.Tensor) -> None:
     if not torch.is_tensor(verts) or verts.ndim != 3 or verts.shape[-1] != 3:
         got = tuple(verts.shape) if torch.is_tensor(verts) else type(verts).__name__
@@ -161,7 +174,7 @@ def face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
         squared vertex units) get a shorter or zero vector, never NaN.
     """
     _check_normals_inputs("face_normals", verts, faces)
-    return torch.nn.functional.normalize(_face_cross(verts, faces.long()), dim=-1, eps=_NORMAL_EPS)
+    return torch.nn.functional.normalize(_face_cross(verts, faces.long()), dim=-1, eps=NORMAL_EPS)
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -185,4 +198,24 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     acc = torch.zeros_like(verts)
     for k in range(3):
         acc = acc.index_add(1, faces[:, k], cross)
-    return torch.nn.functional.normalize(acc, dim=-1, eps=_NORMAL_EPS)
+    return torch.nn.functional.normalize(acc, dim=-1, eps=NORMAL_EPS)
+
+
+def _one_mesh(verts: np.ndarray, faces: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, V, 3) and (F, 3) int64 tensors sharing memory with a numpy mesh (copied if read-only, strided
+    or of another integer type: torch.from_numpy warns on read-only arrays)."""
+    verts, faces = np.require(verts, None, ["C", "W"]), np.require(faces, np.int64, ["C", "W"])
+    return torch.from_numpy(verts)[None], torch.from_numpy(faces)
+
+
+def face_normals_np(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """:func:`face_normals` of one numpy mesh: verts (V, 3) float, faces (F, 3) int -> (F, 3), verts' dtype."""
+    return face_normals(*_one_mesh(verts, faces))[0].numpy()
+
+
+def vertex_normals_np(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """:func:`vertex_normals` of one numpy mesh: verts (V, 3) float, faces (F, 3) int -> (V, 3), verts' dtype.
+
+    Zero for vertices no face uses (callers test ``|n| > 0.5`` to drop them).
+    """
+    return vertex_normals(*_one_mesh(verts, faces))[0].numpy()

@@ -1,6 +1,6 @@
 """The FLAME head model as a torch module: parameters in, posed mesh, joints and landmarks out.
 
-Forward (Li et al. 2017, §3, with the released code's joint convention, flame-format.md §1.3):
+Forward (Li et al. 2017, §3, with the released code's joint convention, docs/flame-files.md §1.3):
 
     T_S = T + B_S(shape) + B_E(expression)                  vertices_shaped
     J   = J_regressor @ T_S                                 rest joints (shape AND expression)

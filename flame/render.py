@@ -8,6 +8,9 @@ mesh's projected bounding box are cast. Tests check the face ids, depth, UV and 
 PyTorch3D's rasteriser and an analytic sphere, so targets rendered here match what the fitting renders.
 
 Images are (H, W, ...) numpy arrays; pixel (i, j) is the ray through pixel centre (u, v) = (j, i).
+Per-pixel attributes (:func:`interpolate`, :func:`pixel_normals`) are the torch functions of
+:mod:`p3dmm.flame.fragments` on a batch of one, which the fitting's PyTorch3D path uses too. Background
+depth is ``inf`` (docs/conventions.md): every surface is in front of it, so depth tests need no special case.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import fragments
 from .cameras import Cameras, camera_ray_directions
-from .mesh import vertex_normals
+from .mesh import face_normals_np, vertex_normals_np
 
 DEFAULT_LIGHTS = (
     ((-0.45, -0.55, -0.70), 0.65),  # key: upper left, in front
@@ -101,13 +105,12 @@ class RayCaster:
         self._scene = rtcore_scene.EmbreeScene()
         TriangleMesh(scene=self._scene, vertices=(self.verts - self._origin).astype(np.float32),
                      indices=self.faces.astype(np.int32))
-        tri = self.verts[self.faces]
-        self._face_normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).astype(np.float32)  # CCW out
+        self._face_normals = face_normals_np(self.verts, self.faces).astype(np.float32)  # outward for CCW faces
 
     @functools.cached_property
     def vertex_normals(self) -> np.ndarray:
-        """(V, 3) float64 area-weighted unit vertex normals of the mesh (computed once)."""
-        return vertex_normals(torch.from_numpy(self.verts)[None], torch.from_numpy(self.faces))[0].numpy()
+        """(V, 3) float64 area-weighted unit vertex normals of the mesh (:func:`vertex_normals_np`, computed once)."""
+        return vertex_normals_np(self.verts, self.faces)
 
     def cast(self, camera: Cameras) -> RayHits:
         """First hit of every pixel-centre ray of ``camera`` (a batch of one).
@@ -181,13 +184,24 @@ def raycast(verts: np.ndarray, faces: np.ndarray, camera: Cameras) -> RayHits:
     return RayCaster(verts, faces).cast(camera)
 
 
+def _tensor(array: np.ndarray, dtype: np.dtype | type) -> torch.Tensor:
+    """``array`` as a tensor of ``dtype``, sharing its memory when it is C-contiguous and writable (else a copy)."""
+    return torch.from_numpy(np.require(array, dtype, ["C", "W"]))
+
+
+def _fragments(hits: RayHits) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, H, W) face ids and (1, H, W, 3) barycentrics of one cast, as the tensors of :mod:`fragments`."""
+    return torch.from_numpy(hits.face_id)[None], torch.from_numpy(hits.bary)[None]
+
+
 def interpolate(hits: RayHits, per_vertex_attr: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Barycentric interpolation of a per-vertex attribute at every hit.
+    """Barycentric interpolation of a per-vertex attribute at every hit (:func:`fragments.interpolate_fragments`).
 
     Args:
         hits: from :func:`raycast` on a mesh with these ``faces``.
-        per_vertex_attr: (V, C) float (normals, UV, colours, ...).
-        faces: (F, 3) int, the faces that were ray cast.
+        per_vertex_attr: (V, C) float (normals, UV, colours, ...); per face corner works too, with
+            ``faces`` indexing the corners (UV ``ft``).
+        faces: (F, 3) int, the faces that were ray cast (or their corner indices).
 
     Returns:
         (H, W, C) float (at least float32; float64 if the attribute is float64), zeros on background.
@@ -202,13 +216,27 @@ def interpolate(hits: RayHits, per_vertex_attr: np.ndarray, faces: np.ndarray) -
         raise ValueError(f"interpolate: hits reference face {hits.face_id.max()} but only {len(faces)} faces given")
     if faces.size and faces.max() >= len(attr):
         raise ValueError(f"interpolate: faces index vertex {faces.max()} but per_vertex_attr has {len(attr)} rows")
-    dtype = np.result_type(attr.dtype, np.float32)
-    height, width = hits.face_id.shape
-    out = np.zeros((height, width, attr.shape[1]), dtype)
-    mask = hits.face_id >= 0
-    corners = attr[faces[hits.face_id[mask]]].astype(dtype)  # (N, 3, C)
-    out[mask] = np.einsum("nk,nkc->nc", hits.bary[mask].astype(dtype), corners)
-    return out
+    values = _tensor(attr, np.result_type(attr.dtype, np.float32))[None]
+    return fragments.interpolate_fragments(values, _tensor(faces, np.int64), *_fragments(hits))[0].numpy()
+
+
+def pixel_normals(hits: RayHits, vertex_normals: np.ndarray, faces: np.ndarray,
+                  head_rotation: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) unit smooth normals of one cast (:func:`fragments.pixel_normals`), 0 on background.
+
+    Args:
+        vertex_normals: (V, 3) world-frame vertex normals of the cast mesh (``RayCaster.vertex_normals``).
+        faces: (F, 3) int, the faces that were ray cast.
+        head_rotation: (3, 3) R_head = R_global @ R_neck for head-frame normals (n_head = R_head^T n_world,
+            the training target); None for world-frame normals (shading).
+
+    Returns:
+        float in the dtype of ``vertex_normals`` (at least float32).
+    """
+    normals = np.asarray(vertex_normals)
+    values = _tensor(normals, np.result_type(normals.dtype, np.float32))[None]
+    rotation = None if head_rotation is None else _tensor(head_rotation, np.float64)[None]
+    return fragments.pixel_normals(values, _tensor(faces, np.int64), *_fragments(hits), rotation)[0].numpy()
 
 
 def shade(
@@ -247,16 +275,13 @@ def shade(
         colors = np.asarray(vertex_colors, dtype=np.float64)
         if colors.shape != verts.shape:
             raise ValueError(f"shade: vertex_colors must be {verts.shape} floats in [0, 1], got {colors.shape}")
-    normals = vertex_normals(torch.from_numpy(verts)[None], torch.from_numpy(faces))[0].numpy()
-
     height, width = hits.face_id.shape
     image = np.empty((height, width, 3), np.uint8)
     image[:] = np.asarray(background, np.uint8)
     mask = hits.face_id >= 0
     if not mask.any():
         return image
-    n = interpolate(hits, normals, faces)[mask].astype(np.float64)
-    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    n = pixel_normals(hits, vertex_normals_np(verts, faces), faces)[mask]
     view = -hits.ray_dirs[mask].astype(np.float64)  # towards the camera, world frame
     back = ~hits.front_facing[mask]
     n[back] *= -1.0

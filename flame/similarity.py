@@ -34,6 +34,16 @@ class Similarity:
         """y: (..., 3) scan frame -> (..., 3) FLAME metres."""
         return (y - self.translation) @ self.rotation / self.scale
 
+    def camera_in_source(self, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A camera of the target frame (x_cam = R y + t) as a rigid camera of the source frame.
+
+        x_cam = R (s R_sim x + t_sim) + t; dividing the camera frame by s leaves every projection as it
+        was, so the camera of x is (R R_sim, (R t_sim + t) / s). Used for calibrated photos of a scan seen
+        from the FLAME frame, and by the synthetic multi-view data the other way round.
+        """
+        R = np.asarray(R, np.float64)
+        return R @ self.rotation, (R @ self.translation + np.asarray(t, np.float64)) / self.scale
+
     def compose(self, inner: Similarity) -> Similarity:
         """self after inner: x -> self.apply(inner.apply(x))."""
         return Similarity(

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from p3dmm.commands import CommandError
+
 # stage -> (one-line help, {action: "module:function"}); the first action listed under DEFAULT_ACTION
 # runs when options follow the stage directly (`p3dmm register --source ...`).
 COMMANDS: dict[str, tuple[str, dict[str, str]]] = {
@@ -73,10 +75,6 @@ DEFAULT_ACTION = {"run": "run", "register": "run", "render": "run", "fit": "run"
 # actions whose leading bare arguments fill options: `p3dmm shards verify DIR` == `... --shards DIR`
 POSITIONAL = {("shards", "verify"): ("shards",), ("shards", "preview"): ("shards",), ("register", "report"): ("out",),
               ("register", "eval"): ("out",), ("train", "export"): ("ckpt", "out")}
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2, no traceback."""
 
 
 def _summary(func: Callable[..., Any]) -> str:

@@ -1,2 +1,2 @@
-"""Pure functions that register one raw scan to FLAME topology (no Ray here). Filled by the
-registration issue."""
+"""Pure functions that register one loaded raw scan to FLAME topology: initial similarity, FLAME fit,
+non-rigid offsets, metrics and an accept/reject verdict. No files, no Ray (those are `pipeline.jobs`)."""

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from p3dmm.flame.mesh import vertex_normals_np
 from p3dmm.flame.model import FLAME
 
 from .config import RegistrationConfig
-from .geometry import vertex_normals
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def fit_flame(
             frac = it / max(config.fit_iterations - 1, 1)
             gate = config.fit_gate + (config.fit_gate_final - config.fit_gate) * frac
             v_np = verts.detach().double().numpy()
-            pairs = _pairs(v_np, vertex_normals(v_np, faces), data, region, skin, gate, 0.3)
+            pairs = _pairs(v_np, vertex_normals_np(v_np, faces), data, region, skin, gate, 0.3)
             pairs = [torch.as_tensor(x, dtype=torch.float32 if x.dtype.kind == "f" else torch.int64) for x in pairs]
         assert pairs is not None
         s_idx, m_idx, m_n, r_idx, c_idx, c_n = pairs

@@ -1,36 +1,11 @@
-"""Small numpy geometry helpers shared by the registration steps (normals, mesh boundary, edges)."""
+"""Small numpy helpers on mesh connectivity shared by the registration steps (mesh boundary, edges).
+
+Normals are not here: every stage uses :func:`p3dmm.flame.mesh.vertex_normals_np`.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals. vertices: (V, 3); faces: (F, 3) CCW seen from outside -> (V, 3).
-
-    Vertices no face uses get a zero normal.
-    """
-    tri = vertices[faces]
-    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    out = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(out, faces[:, k], fn)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norm, 1e-30)
-
-
-def point_cloud_normals(points: np.ndarray, k: int = 12) -> np.ndarray:
-    """Unoriented normals of a point cloud (P, 3) from the PCA of k neighbours -> (P, 3), oriented away
-    from the centroid (a guess: callers treat them as unoriented and compare with |dot|)."""
-    _, idx = cKDTree(points).query(points, k=min(k, len(points)))
-    nb = points[idx] - points[idx].mean(axis=1, keepdims=True)
-    cov = np.einsum("pki,pkj->pij", nb, nb)
-    _, vecs = np.linalg.eigh(cov)
-    n = vecs[:, :, 0]
-    flip = np.einsum("pi,pi->p", n, points - points.mean(axis=0)) < 0
-    n[flip] *= -1
-    return n
 
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:

@@ -21,8 +21,10 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
+from p3dmm.flame.mesh import vertex_normals_np
+
 from .config import RegistrationConfig
-from .geometry import unique_edges, vertex_normals
+from .geometry import unique_edges
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def nicp_offsets(
     for alpha in config.nicp_stiffness:
         for _ in range(config.nicp_inner):
             cur = vertices + offsets
-            vn = vertex_normals(cur, faces)
+            vn = vertex_normals_np(cur, faces)
             d, j = scan_tree.query(cur[idx], distance_upper_bound=config.nicp_gate)
             ok = np.isfinite(d)
             j = np.minimum(j, len(scan_points) - 1)

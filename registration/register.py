@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,14 +15,15 @@ import torch
 from scipy.spatial import cKDTree
 
 from p3dmm.flame.assets import FlameAssets
+from p3dmm.flame.mesh import vertex_normals_np
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.scan import ScanGeometry
 from p3dmm.flame.similarity import Similarity, identity
 
 from .align import align_landmarks, align_search
 from .config import RegistrationConfig
-from .fit import FitData, fit_flame
-from .geometry import boundary_vertices, vertex_normals
+from .fit import FitData, FitResult, fit_flame
+from .geometry import boundary_vertices
 from .metrics import coverage, scan_to_surface, summary_mm
 from .nicp import nicp_offsets
 
@@ -82,112 +85,207 @@ def _check_input(scan: ScanGeometry) -> tuple[np.ndarray, np.ndarray | None, np.
     return v, f, lm
 
 
-def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationConfig | None = None) -> Registration:
-    """Register `scan` to FLAME topology; see the module docs of align, fit, nicp and metrics.
+@dataclass(frozen=True)
+class _Model:
+    """FLAME and the vertex sets every step reads, built once per scan.
 
-    Raises ValueError only for unusable input (shapes, NaN, fewer than 100 points). A bad fit comes
-    back as accepted=False with a reason.
+    Args:
+        flame: FLAME with the fitted component counts. faces: (F, 3) int64.
+        eyes, fit_region, metric_region: (V,) bool; eyeballs are never fitted, moved or scored.
+        skin: (M,) int64 vertices that are not eyeballs. template: (V, 3) float64 zero-parameter mesh.
+        landmarks: (68, 3) float64 landmarks of the template, or None when the model has none.
     """
-    config = RegistrationConfig() if config is None else config
-    points, faces, landmarks = _check_input(scan)
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(config.seed)
+
+    flame: FLAME
+    faces: np.ndarray
+    eyes: np.ndarray
+    fit_region: np.ndarray
+    metric_region: np.ndarray
+    skin: np.ndarray
+    template: np.ndarray
+    landmarks: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _AlignedScan:
+    """The scan in the aligned frame (FLAME metres up to the scale the fit still finds).
+
+    Args:
+        points: (P, 3) float64. normals: (P, 3) unit normals, or None for a point cloud.
+        tree: cKDTree over `points`, shared by NICP and the metrics.
+    """
+
+    points: np.ndarray
+    normals: np.ndarray | None
+    tree: cKDTree
+
+
+@contextmanager
+def _timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall time of the enclosed step as times[key]: the t_*_s metrics show where a slow scan spends it."""
+    start = time.perf_counter()
+    yield
+    times[key] = time.perf_counter() - start
+
+
+def _metric_frame(scan: ScanGeometry) -> bool:
+    """The scan is in FLAME's frame and in true metres: then neither alignment nor the fit may rescale it."""
+    return bool(scan.frame_known and scan.metric)
+
+
+def _model_setup(assets: FlameAssets, config: RegistrationConfig) -> _Model:
+    """FLAME at the configured component counts, capped by what the model has, and its regions.
+
+    Masks the model lacks are skipped, so small FLAME-format models (the synthetic one) work too.
+    """
     model = assets.model
     num_v = model.v_template.shape[0]
     n_shape = min(config.n_shape, int(model.num_shape))
     n_expr = min(config.n_expression, model.shapedirs.shape[2] - int(model.num_shape))
     flame = FLAME(assets, n_shape=n_shape, n_expression=n_expr)
-    flame_faces = np.asarray(model.faces, dtype=np.int64)
     eyes = _mask(assets, EYEBALL_MASKS, num_v)
-    fit_region = _mask(assets, FIT_REGION_MASKS, num_v) & ~eyes
-    metric_region = _mask(assets, METRIC_REGION_MASKS, num_v) & ~eyes
-    skin = np.nonzero(~eyes)[0]
     with torch.no_grad():
         zero = flame()
-    template = zero.vertices[0].double().numpy()
+    return _Model(
+        flame=flame, faces=np.asarray(model.faces, dtype=np.int64), eyes=eyes,
+        fit_region=_mask(assets, FIT_REGION_MASKS, num_v) & ~eyes,
+        metric_region=_mask(assets, METRIC_REGION_MASKS, num_v) & ~eyes,
+        skin=np.nonzero(~eyes)[0], template=zero.vertices[0].double().numpy(),
+        landmarks=None if zero.landmarks is None else zero.landmarks[0].double().numpy(),
+    )
 
-    # 1. initial similarity FLAME metres -> scan frame
-    align_score = float("nan")
-    if landmarks is not None and zero.landmarks is not None:
-        sim0 = align_landmarks(zero.landmarks[0].double().numpy(), landmarks,
-                               with_scale=not (scan.frame_known and scan.metric))
-    elif scan.frame_known:
-        sim0 = identity()
-    else:
-        sim0, align_score = align_search(template[skin], points, config, rng)
-    times["t_align_s"] = time.perf_counter() - t0
 
-    # 2. scan in the aligned frame, normals, KD-tree
+def _initial_similarity(
+    scan: ScanGeometry, points: np.ndarray, landmarks: np.ndarray | None, model: _Model,
+    config: RegistrationConfig, rng: np.random.Generator,
+) -> tuple[Similarity, float]:
+    """Similarity FLAME metres -> scan frame, and the search score in metres (NaN when nothing was searched).
+
+    Landmarks give it in closed form; a scan already in FLAME's frame needs none; anything else is
+    searched over orientations, scales and centres (the first draws from `rng`).
+    """
+    if landmarks is not None and model.landmarks is not None:
+        return align_landmarks(model.landmarks, landmarks, with_scale=not _metric_frame(scan)), float("nan")
+    if scan.frame_known:
+        return identity(), float("nan")
+    return align_search(model.template[model.skin], points, config, rng)
+
+
+def _aligned_scan(points: np.ndarray, faces: np.ndarray | None, sim0: Similarity) -> _AlignedScan:
+    """The scan mapped into the aligned frame, with mesh normals when it has faces.
+
+    Vertices without a normal (unreferenced, or only on degenerate faces) are dropped: they would
+    mislead the point-to-plane terms of the fit, NICP and coverage.
+    """
     aligned = sim0.invert_points(points)
-    normals = vertex_normals(aligned, faces) if faces is not None else None
+    normals = vertex_normals_np(aligned, faces) if faces is not None else None
     if normals is not None:
         used = np.linalg.norm(normals, axis=1) > 0.5
         aligned, normals = aligned[used], normals[used]
-    tree = cKDTree(aligned)
-    sub = rng.choice(len(aligned), min(len(aligned), config.fit_points), replace=False)
-    data = FitData(
-        points=aligned[sub], normals=None if normals is None else normals[sub], tree=cKDTree(aligned[sub]),
-        landmarks=None if landmarks is None else sim0.invert_points(landmarks),
+    return _AlignedScan(points=aligned, normals=normals, tree=cKDTree(aligned))
+
+
+def _fit_data(
+    scan: _AlignedScan, landmarks: np.ndarray | None, sim0: Similarity, config: RegistrationConfig,
+    rng: np.random.Generator,
+) -> FitData:
+    """The FLAME fit's scan side: `config.fit_points` random points (the fit's cost grows with them),
+    their normals and the landmarks in the aligned frame. Draws from `rng` after the alignment search."""
+    sub = rng.choice(len(scan.points), min(len(scan.points), config.fit_points), replace=False)
+    return FitData(
+        points=scan.points[sub], normals=None if scan.normals is None else scan.normals[sub],
+        tree=cKDTree(scan.points[sub]), landmarks=None if landmarks is None else sim0.invert_points(landmarks),
     )
 
-    t1 = time.perf_counter()
-    fit = fit_flame(flame, data, fit_region, skin, config, fit_scale=config.fit_scale and not (scan.frame_known and scan.metric))
-    times["t_fit_s"] = time.perf_counter() - t1
 
-    t2 = time.perf_counter()
-    free = ~eyes
-    data_v = free & ~boundary_vertices(flame_faces, num_v)
-    scan_normals = normals if normals is not None else None
+def _refine(
+    fit: FitResult, model: _Model, scan: _AlignedScan, config: RegistrationConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NICP offsets on top of the FLAME fit: (vertices, offsets), both (V, 3) in the aligned frame.
+
+    Eyeballs stay put; boundary vertices get no data term (open edges would drag them onto clutter).
+    A singular solve keeps the fit with zero offsets, and acceptance judges it like any other.
+    """
+    free = ~model.eyes
+    data_v = free & ~boundary_vertices(model.faces, len(free))
     try:
-        refined = nicp_offsets(fit.vertices, flame_faces, aligned, scan_normals, tree, data_v, free, config)
-        reg_aligned, offsets = refined.vertices, refined.offsets
-    except (RuntimeError, np.linalg.LinAlgError):  # singular system: keep the fit, judge it below
-        reg_aligned, offsets = fit.vertices, np.zeros_like(fit.vertices)
-    times["t_nicp_s"] = time.perf_counter() - t2
+        refined = nicp_offsets(fit.vertices, model.faces, scan.points, scan.normals, scan.tree, data_v, free, config)
+    except (RuntimeError, np.linalg.LinAlgError):
+        return fit.vertices, np.zeros_like(fit.vertices)
+    return refined.vertices, refined.offsets
 
-    # 3. metrics in FLAME mm (aligned frame units / exp(log_scale))
-    t3 = time.perf_counter()
+
+def _metrics(
+    model: _Model, scan: _AlignedScan, fit: FitResult, vertices: np.ndarray, offsets: np.ndarray,
+    align_score: float, config: RegistrationConfig,
+) -> dict:
+    """Distances of the fit and of the refined registration, coverage and offset size, in FLAME mm.
+
+    Aligned-frame units are divided by the fitted scale, so the thresholds mean the same in any scan
+    unit. Scan points beyond `metric_gate` are not scored (clutter is not the registration's error).
+    """
     scale = float(np.exp(fit.log_scale))
     per_mm = scale * 1e-3
-    region_faces = metric_region[flame_faces].all(axis=1)
-    skin_faces = ~eyes[flame_faces].any(axis=1)
+    faces = model.faces
+    region_faces = model.metric_region[faces].all(axis=1)
+    skin_faces = ~model.eyes[faces].any(axis=1)
     gate = config.metric_gate * scale
-    fit_d = summary_mm(scan_to_surface(aligned, fit.vertices, flame_faces, region_faces, skin_faces, gate), per_mm)
-    d = summary_mm(scan_to_surface(aligned, reg_aligned, flame_faces, region_faces, skin_faces, gate), per_mm)
-    cov = coverage(reg_aligned, vertex_normals(reg_aligned, flame_faces), metric_region, aligned,
-                   scan_normals, tree, config.coverage_radius * scale)
-    off_mm = np.linalg.norm(offsets[free], axis=1) / per_mm
-    times["t_metrics_s"] = time.perf_counter() - t3
-    times["t_total_s"] = time.perf_counter() - t0
-    metrics = {
+    fit_d = summary_mm(scan_to_surface(scan.points, fit.vertices, faces, region_faces, skin_faces, gate), per_mm)
+    d = summary_mm(scan_to_surface(scan.points, vertices, faces, region_faces, skin_faces, gate), per_mm)
+    cov = coverage(vertices, vertex_normals_np(vertices, faces), model.metric_region, scan.points,
+                   scan.normals, scan.tree, config.coverage_radius * scale)
+    off_mm = np.linalg.norm(offsets[~model.eyes], axis=1) / per_mm
+    return {
         **d,
         "fit_median_mm": fit_d["median_mm"], "fit_p95_mm": fit_d["p95_mm"],
         "offset_p95_mm": float(np.quantile(off_mm, 0.95)) if len(off_mm) else 0.0,
         "coverage": cov, "scale_change": scale,
         "align_score_mm": align_score * 1e3 if np.isfinite(align_score) else float("nan"),
-        **times,
     }
 
-    reason = None
-    lo, hi = config.scale_range
-    if not np.isfinite(reg_aligned).all():
-        reason = "registration has non-finite vertices"
-    elif not lo <= scale <= hi:
-        reason = f"fitted scale changed by {scale:.3g} (outside [{lo}, {hi}]): not a head at this size"
-    elif not fit_d["median_mm"] <= config.max_fit_median_mm:
-        reason = f"FLAME fit median {fit_d['median_mm']:.3g} mm > {config.max_fit_median_mm} mm: FLAME cannot explain the scan"
-    elif not fit_d["p95_mm"] <= config.max_fit_p95_mm:
-        reason = f"FLAME fit p95 {fit_d['p95_mm']:.3g} mm > {config.max_fit_p95_mm} mm: FLAME cannot explain the scan"
-    elif not metrics["coverage"] >= config.min_coverage:
-        reason = f"coverage {metrics['coverage']:.3g} < {config.min_coverage}: scan misses much of the face"
-    elif not d["median_mm"] <= config.max_median_mm:
-        reason = f"median {d['median_mm']:.3g} mm > {config.max_median_mm} mm"
-    elif not d["p95_mm"] <= config.max_p95_mm:
-        reason = f"p95 {d['p95_mm']:.3g} mm > {config.max_p95_mm} mm"
-    elif not metrics["offset_p95_mm"] <= config.max_offset_p95_mm:
-        reason = f"NICP offsets p95 {metrics['offset_p95_mm']:.3g} mm > {config.max_offset_p95_mm} mm"
 
+def acceptance(metrics: dict, config: RegistrationConfig, finite: bool = True) -> str | None:
+    """The first acceptance rule of `config` that `metrics` break, as a one-line reason; None when all hold.
+
+    Rules, in order: finite vertices; "scale_change" within `scale_range`; the FLAME fit alone
+    ("fit_median_mm", "fit_p95_mm": a scan FLAME cannot explain is rejected even when free offsets
+    could bend onto it); "coverage"; the final "median_mm" and "p95_mm"; "offset_p95_mm". Every test
+    reads `not value <= limit`, so a NaN metric breaks its rule instead of passing it.
+
+    Args:
+        metrics: the registration's metrics (see `Registration`); only the keys above are read.
+        finite: whether the registered vertices are all finite (a property of the mesh, not a metric).
+    """
+    lo, hi = config.scale_range
+    scale = metrics["scale_change"]
+    if not finite:
+        return "registration has non-finite vertices"
+    if not lo <= scale <= hi:
+        return f"fitted scale changed by {scale:.3g} (outside [{lo}, {hi}]): not a head at this size"
+    if not metrics["fit_median_mm"] <= config.max_fit_median_mm:
+        return (f"FLAME fit median {metrics['fit_median_mm']:.3g} mm > {config.max_fit_median_mm} mm: "
+                "FLAME cannot explain the scan")
+    if not metrics["fit_p95_mm"] <= config.max_fit_p95_mm:
+        return (f"FLAME fit p95 {metrics['fit_p95_mm']:.3g} mm > {config.max_fit_p95_mm} mm: "
+                "FLAME cannot explain the scan")
+    if not metrics["coverage"] >= config.min_coverage:
+        return f"coverage {metrics['coverage']:.3g} < {config.min_coverage}: scan misses much of the face"
+    if not metrics["median_mm"] <= config.max_median_mm:
+        return f"median {metrics['median_mm']:.3g} mm > {config.max_median_mm} mm"
+    if not metrics["p95_mm"] <= config.max_p95_mm:
+        return f"p95 {metrics['p95_mm']:.3g} mm > {config.max_p95_mm} mm"
+    if not metrics["offset_p95_mm"] <= config.max_offset_p95_mm:
+        return f"NICP offsets p95 {metrics['offset_p95_mm']:.3g} mm > {config.max_offset_p95_mm} mm"
+    return None
+
+
+def _registration(
+    sim0: Similarity, fit: FitResult, vertices: np.ndarray, offsets: np.ndarray, metrics: dict,
+    reason: str | None,
+) -> Registration:
+    """Pack the result: vertices back in the scan frame; parameters in FLAME metres with the fitted scale
+    folded into one similarity, so that vertices = scale * (FLAME + offsets) @ rotation.T + translation."""
+    scale = float(np.exp(fit.log_scale))
     final = Similarity(sim0.scale * scale, sim0.rotation, sim0.translation)
     params = {
         "shape": fit.shape, "expression": fit.expression, "pose": fit.pose, "translation": fit.translation,
@@ -195,6 +293,36 @@ def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationC
         "similarity_translation": final.translation,
     }
     return Registration(
-        vertices=sim0.apply(reg_aligned), params=params, metrics=metrics, accepted=reason is None,
+        vertices=sim0.apply(vertices), params=params, metrics=metrics, accepted=reason is None,
         reason=reason, converged=fit.converged,
     )
+
+
+def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationConfig | None = None) -> Registration:
+    """Register `scan` to FLAME topology: align, fit FLAME, refine with NICP, measure, accept or reject.
+
+    Raises ValueError only for unusable input (shapes, NaN, fewer than 100 points). A bad fit comes
+    back as accepted=False with the reason `acceptance` gives. One random stream, seeded by the config,
+    is drawn by the alignment search and then the fit subsample, so a seed gives the same registration.
+    """
+    config = RegistrationConfig() if config is None else config
+    points, faces, landmarks = _check_input(scan)
+    rng = np.random.default_rng(config.seed)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with _timed(times, "t_align_s"):
+        model = _model_setup(assets, config)
+        sim0, align_score = _initial_similarity(scan, points, landmarks, model, config, rng)
+    aligned = _aligned_scan(points, faces, sim0)
+    data = _fit_data(aligned, landmarks, sim0, config, rng)
+    with _timed(times, "t_fit_s"):
+        fit_scale = config.fit_scale and not _metric_frame(scan)
+        fit = fit_flame(model.flame, data, model.fit_region, model.skin, config, fit_scale=fit_scale)
+    with _timed(times, "t_nicp_s"):
+        vertices, offsets = _refine(fit, model, aligned, config)
+    with _timed(times, "t_metrics_s"):
+        metrics = _metrics(model, aligned, fit, vertices, offsets, align_score, config)
+    times["t_total_s"] = time.perf_counter() - t0
+    metrics = {**metrics, **times}
+    reason = acceptance(metrics, config, finite=bool(np.isfinite(vertices).all()))
+    return _registration(sim0, fit, vertices, offsets, metrics, reason)

@@ -15,11 +15,10 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets
+from p3dmm.flame.mesh import vertex_normals_np
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.scan import ScanGeometry, ScanRecord
 from p3dmm.flame.similarity import Similarity
-
-from .geometry import vertex_normals
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def make_scan(
     num_v = len(v)
     eyes = _mask(assets, "left_eyeball", num_v) | _mask(assets, "right_eyeball", num_v)
     # smooth detail: sum of a few 0.5 mm plane waves along the normals, skin only
-    n = vertex_normals(v, faces)
+    n = vertex_normals_np(v, faces)
     dirs = rng.normal(size=(4, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     waves = np.sin(v @ dirs.T * (2 * np.pi / 0.04) + rng.uniform(0, 2 * np.pi, 4)).sum(axis=1) / 2.0
@@ -79,7 +78,7 @@ def make_scan(
     # re-sample: slide every scan vertex along the surface by ~1/3 of the spacing and project it back onto
     # the truth, so the scan does not contain the truth vertices themselves (a real scanner would not)
     edge = float(np.median(np.linalg.norm(sv[sf[:, 0]] - sv[sf[:, 1]], axis=1)))
-    sn = vertex_normals(sv, sf)
+    sn = vertex_normals_np(sv, sf)
     jitter = rng.normal(size=sv.shape) * edge / 3
     jitter -= np.einsum("pi,pi->p", jitter, sn)[:, None] * sn
     sv = trimesh.proximity.closest_point(trimesh.Trimesh(truth, faces[keep], process=False), sv + jitter)[0]

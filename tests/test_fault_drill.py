@@ -45,11 +45,11 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     """A 1000-vertex synthetic FLAME and four generic scans (two subjects, two expressions)."""
     from p3dmm.flame.files import load_assets
     from p3dmm.flame.synth import write_synthetic_flame
-    from p3dmm.pipeline.synth import write_layout
+    from p3dmm.pipeline.datasets import write_synthetic
 
     root = tmp_path_factory.mktemp("drill")
     write_synthetic_flame(root / "flame", n_vertices=1000, seed=2)
-    write_layout("generic", root / "generic", load_assets(root / "flame"), subjects=2, expressions=2, seed=3)
+    write_synthetic("generic", root / "generic", load_assets(root / "flame"), subjects=2, expressions=2, seed=3)
     return root / "flame", root / "generic"
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import yaml
 
@@ -40,10 +42,17 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs)["src"])
 
 
-def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys):
+def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys, monkeypatch):
+    # started from another folder with relative paths, as a user would: every stage (the training
+    # subprocess and the Ray workers too) must read and write under that folder, not the repository
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "configs" / "train-tiny.yaml", tmp_path / "train-tiny.yaml")
+    monkeypatch.chdir(tmp_path)
+    config = {**_config(tmp_path), "out": "run"}
+    config["train"] = {**config["train"], "config": "train-tiny.yaml"}
     config_file = tmp_path / "pipeline.yaml"
-    config_file.write_text(yaml.safe_dump(_config(tmp_path)))
-    assert main(["run", "--config", str(config_file)]) == 0
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["run", "--config", "pipeline.yaml"]) == 0
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     page = (run / "report.html").read_text()
@@ -86,7 +95,6 @@ def test_pipeline_end_to_end_report_matches_outputs(tmp_path, capsys):
     assert before == after
 
     # new fitting settings: the earlier stages are reused, fit and eval start over on their own
-    config = _config(tmp_path)
     config["fit"]["steps"] = 5
     config_file.write_text(yaml.safe_dump(config))
     old_fit = (run / "fit" / "manifest.jsonl").stat().st_mtime_ns
@@ -119,3 +127,24 @@ def test_unknown_config_key_is_refused(tmp_path, capsys):
     config_file.write_text(yaml.safe_dump(config))
     assert main(["run", "--config", str(config_file)]) == 2
     assert "render: unknown key(s) 'veiws'" in capsys.readouterr().err
+
+
+def test_bad_settings_stop_the_run_before_any_stage(tmp_path, capsys):
+    """Every section, registration's included, is typed before any work: a typo or a value of the wrong
+    type names its key, and nothing (no stage record, no FLAME, no scan) is written."""
+    cases = [("register", {"fit_iterationz": 3}, "register: unknown key(s) 'fit_iterationz'"),
+             ("register", {"fit_iterations": "many"}, "register.fit_iterations: expected int, got 'many'"),
+             ("render", {"val_fraction": 1.5}, "render: val_fraction must lie in [0, 1)"),
+             ("render", {"view": {"max_yaw": 400}}, "view: ViewConfig: angles out of range"),
+             ("train", {"launcher": "slurm"}, "train.launcher: 'slurm' is not one of 'local', 'torchrun'"),
+             ("train", {"config": str(tmp_path / "nope.yaml")}, "train.config: "),
+             ("datasets", [{"source": "nphmm"}], "datasets[0].source: 'nphmm' is not one of 'nphm'"),
+             ("datasets", [{"source": "ava256", "root": str(tmp_path)}], "needs source option(s) topology")]
+    for key, value, message in cases:
+        config = {**_config(tmp_path), key: value}
+        config_file = tmp_path / "pipeline.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        assert main(["run", "--config", str(config_file)]) == 2, key
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (message, err)
+        assert not (tmp_path / "run").exists()

@@ -292,30 +292,22 @@ def _check_action(stage: str, action: str, func, rest: list[str], repo: Path) ->
 
 
 def _check_run_config(cfg: dict, repo: Path) -> str | None:
-    """`p3dmm run`: every section's keys (the dataclasses the pipeline builds) and the training config."""
-    from p3dmm.cli import CommandError
-    from p3dmm.commands.run import _spec
-    from p3dmm.pipeline.jobs.render import RenderConfig
-    from p3dmm.pipeline.run.config import STAGES, DatasetSpec, FitSpec, FlameSpec, TrainSpec
+    """`p3dmm run`: every section typed as the pipeline builds it, and the training config."""
+    from p3dmm.flame.settings import SettingsError, build_settings
+    from p3dmm.pipeline.run.config import STAGES, PipelineConfig
 
+    if not cfg.get("datasets"):
+        return "datasets: give at least one dataset"
+    sections = {k: cfg.get(k) for k in ("flame", "datasets", "register", "render", "train", "fit")}
     try:
-        if not cfg.get("datasets"):
-            return "datasets: give at least one dataset"
-        for i, d in enumerate(cfg["datasets"]):
-            _spec(DatasetSpec, d, f"datasets[{i}]")
-        _spec(FlameSpec, cfg.get("flame"), "flame")
-        _spec(RenderConfig, cfg.get("render"), "render")
-        _spec(FitSpec, cfg.get("fit"), "fit")
-        train = _spec(TrainSpec, cfg.get("train"), "train")
-    except CommandError as e:
+        config = build_settings(PipelineConfig, {"out": "runs/check", **sections}, "")
+    except SettingsError as e:
         return str(e)
     unknown = set(cfg.get("skip") or ()) - set(STAGES)
     if unknown:
         return f"skip: unknown stage(s) {sorted(unknown)} (stages: {', '.join(STAGES)})"
-    if train.launcher not in ("local", "torchrun"):
-        return f"train.launcher must be local or torchrun, got {train.launcher!r}"
-    if not train.priors and not (repo / train.config).is_file():
-        return f"train.config {train.config} not found"
+    if not config.train.priors and not (repo / config.train.config).is_file():
+        return f"train.config {config.train.config} not found"
     return None
 
 

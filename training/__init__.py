@@ -1,1 +1,2 @@
-"""DINOv2 normal/UV prior networks and their Lightning DDP training. Filled by the training issue."""
+"""DINOv2 normal/UV prior networks: shard data, the network, the Lightning module and CLI (DDP, wandb),
+and the export of the small inference file that fitting reads."""

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from p3dmm.flame.mirror import mirror_axis_of
+from p3dmm.pipeline.datasets import NAMES
 from p3dmm.pipeline.shards.format import FACE, FOREGROUND, OCCLUDED, OUTSIDE, SampleError, decode_sample
 from p3dmm.pipeline.shards.reader import warn_and_skip
 from p3dmm.training.augment import (
@@ -32,12 +33,12 @@ from p3dmm.training.augment import (
     resize_rgb,
 )
 
-DATASETS = ("nphm", "facescape", "facescape-mview", "ava256", "generic")
 """Validation metrics are reported per dataset (index into this tuple; anything else is "other")."""
 
 
 def dataset_index(name: str) -> int:
-    return DATASETS.index(name) if name in DATASETS else len(DATASETS)
+    """Index of a sample's dataset in the registry (per-dataset metrics); len(NAMES) for any other."""
+    return NAMES.index(name) if name in NAMES else len(NAMES)
 
 
 def _rank_world() -> tuple[int, int]:

@@ -15,8 +15,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from p3dmm.pipeline.datasets import NAMES as DATASETS
 from p3dmm.training import objective as O
-from p3dmm.training.data import DATASETS
 from p3dmm.training.network import NetworkConfig, PriorNet
 
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p3dmm.flame.mesh import face_normals_np, vertex_normals_np
 from p3dmm.flame.synth.anatomy import Anatomy, head_blobs
 from p3dmm.flame.synth.latlong import density_warp, latlong_mesh
 from p3dmm.flame.synth.sdf import Blob, evaluate
@@ -46,22 +47,23 @@ def directions(theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(phi) * np.sin(theta), np.sin(phi), np.cos(phi) * np.cos(theta)], axis=-1)
 
 
-def ray_surface(blobs: list[Blob], dirs: np.ndarray, r_max: float = 0.24, step: float = 0.0025) -> np.ndarray:
-    """Distance from CENTRE to the outermost surface crossing along each ray (P,)."""
+def ray_surface(blobs: list[Blob], dirs: np.ndarray, r_max_m: float = 0.24, step_m: float = 0.0025) -> np.ndarray:
+    """Distance (metres) from CENTRE to the outermost surface crossing along each ray (P,): march inwards from
+    r_max_m in steps of step_m, then bisect."""
     dirs = dirs.reshape(-1, 3)
-    outside = np.full(len(dirs), r_max)
+    outside = np.full(len(dirs), r_max_m)
     inside = np.zeros(len(dirs))
     found = np.zeros(len(dirs), dtype=bool)
-    r = r_max
+    r = r_max_m
     while r > 0 and not found.all():
         todo = ~found
         d = evaluate(blobs, CENTRE + r * dirs[todo])
         hit = d < 0
         idx = np.flatnonzero(todo)
         inside[idx[hit]] = r
-        outside[idx[hit]] = r + step
+        outside[idx[hit]] = r + step_m
         found[idx[hit]] = True
-        r -= step
+        r -= step_m
     for _ in range(32):
         mid = 0.5 * (inside + outside)
         d = evaluate(blobs, CENTRE + mid[:, None] * dirs)
@@ -163,7 +165,7 @@ def build_head(anatomy: Anatomy, n_vertices: int) -> HeadMesh:
     lip_side[lower_ids] = -1
 
     # eyelid rims: a soft 1 mm ridge around each opening
-    normals = _vertex_normals(verts, faces)
+    normals = vertex_normals_np(verts, faces)
     for sign in (1.0, -1.0):
         ex, ey = anatomy.eye_centre[0] * sign, anatomy.eye_centre[1]
         a, b = anatomy.eye_opening
@@ -212,17 +214,8 @@ def eyeball_mesh(centre: np.ndarray, radius: float, n: int, uv_rect):
 
 
 def _orient_outward(mesh, centre: np.ndarray) -> None:
-    tri = mesh.verts[mesh.faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    flip = np.einsum("fi,fi->f", n, tri.mean(axis=1) - centre) < 0
+    n = face_normals_np(mesh.verts, mesh.faces)
+    flip = np.einsum("fi,fi->f", n, mesh.verts[mesh.faces].mean(axis=1) - centre) < 0
     mesh.faces[flip] = mesh.faces[flip][:, ::-1]
     mesh.ft[flip] = mesh.ft[flip][:, ::-1]
 
-
-def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    tri = verts[faces]
-    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    out = np.zeros_like(verts)
-    for c in range(3):
-        np.add.at(out, faces[:, c], n)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

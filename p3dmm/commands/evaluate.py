@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
 
 
 def run(*, pred: Path, gt: Path, out: Path | None = None, flame: Path | None = None, similarity: bool = False,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jsonargparse.typing import PositiveInt
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
 
 
 def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | None = None, split: str = "val",
@@ -45,23 +45,22 @@ def run(*, priors: Path, out: Path, images: Path | None = None, shards: Path | N
     """
     from p3dmm.commands.flame import _load
     from p3dmm.fitting.fit import FitConfig
-    from p3dmm.pipeline.jobs.fit import fit_images
+    from p3dmm.pipeline.jobs.fit import fit_images, fit_shards
 
     folder, _ = _load(flame)
     if (images is None) == (shards is None):
         raise CommandError("give one of --images DIR or --shards DIR")
+    options = {"batch_size": batch_size, "boxes": boxes, "device": device, "address": address, "num_cpus": num_cpus,
+               "workers": workers, "progress": progress, "subjects": subjects, "detect": detect,
+               "config": FitConfig(steps=steps, init_steps=init_steps, raster_size=raster_size, fit_shape=shape)}
     try:
         if shards is not None:
-            from p3dmm.fitting.shard_inputs import export_split
-
-            images, gt, subject_file = export_split(shards, split, out / "inputs", folder, limit=limit)
-            print(f"{split} views of {shards}: images {images}, ground truth {gt} (p3dmm eval --gt), "
-                  f"subjects {subject_file}")
-        summary = fit_images(images, priors, folder, out, batch_size=batch_size,
-                             config=FitConfig(steps=steps, init_steps=init_steps, raster_size=raster_size,
-                                              fit_shape=shape), boxes=boxes,
-                             device=device, address=address, num_cpus=num_cpus, workers=workers,
-                             progress=progress, subjects=subjects, detect=detect)
+            summary = fit_shards(shards, split, priors, folder, out, limit=limit, **options)
+            inputs = out / "inputs"
+            print(f"{split} views of {shards}: images {inputs / 'images'}, ground truth {inputs / 'gt'} "
+                  f"(p3dmm eval --gt), subjects {inputs / 'subjects.json'}")
+        else:
+            summary = fit_images(images, priors, folder, out, **options)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
     for line in summary.lines():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jsonargparse.typing import PositiveInt
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
 
 
 def _load(flame: Path | None):

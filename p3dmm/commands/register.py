@@ -7,9 +7,10 @@ from typing import Literal
 
 from jsonargparse.typing import PositiveInt
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
+from p3dmm.pipeline.datasets import NAMES
 
-Source = Literal["nphm", "facescape", "facescape-mview", "ava256", "generic"]
+Source = Literal[NAMES]  # the dataset registry's names
 
 
 def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subjects: PositiveInt = 2,
@@ -25,11 +26,11 @@ def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subject
         seed: random seed; same seed, same data.
     """
     from p3dmm.commands.flame import _load
-    from p3dmm.pipeline.synth import write_layout
+    from p3dmm.pipeline.datasets import write_synthetic
 
     _, assets = _load(flame)
-    n = write_layout(layout, out, assets, subjects=subjects, expressions=expressions, seed=seed)
-    print(f"wrote {n} synthetic {layout} scans to {out} (ground truth in {out / '_truth'})")
+    ids = write_synthetic(layout, out, assets, subjects=subjects, expressions=expressions, seed=seed)
+    print(f"wrote {len(ids)} synthetic {layout} scans to {out} (ground truth in {out / '_truth'})")
     return 0
 
 
@@ -49,19 +50,20 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
         limit: register only the first N scans.
         source_options: adapter options, e.g. '{"topology": "assets/face_topology.obj"}' for ava256,
             '{"landmark_indices": "landmark_indices.npz"}' for facescape.
-        registration: overrides of RegistrationConfig fields.
+        registration: overrides of RegistrationConfig fields (checked before any scan is read).
         progress: show a progress bar.
     """
     from p3dmm.commands.flame import _load
-    from p3dmm.pipeline.jobs.register import RegisterJob, run_registration
+    from p3dmm.flame.settings import build_settings
+    from p3dmm.pipeline.jobs.register import registration_job, run_registration
+    from p3dmm.registration.config import RegistrationConfig
 
     folder, _ = _load(flame)
-    if not root.is_dir():
-        raise CommandError(f"{root}: dataset root not found")
-    # absolute paths: Ray workers on other nodes (or another working folder) read and write them
-    job = RegisterJob(source=source, root=str(root.resolve()), flame_dir=str(Path(folder).resolve()),
-                      out_dir=str(out.resolve()),
-                      source_options=dict(source_options or {}), registration=dict(registration or {}))
+    try:
+        job = registration_job(source, root, out, folder, source_options=source_options,
+                               registration=build_settings(RegistrationConfig, registration, "--registration"))
+    except (FileNotFoundError, ValueError) as e:
+        raise CommandError(str(e)) from None
     summary = run_registration(job, address=address, num_cpus=num_cpus, limit=limit, progress=progress)
     for line in summary.lines():
         print(line)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
 
 
 def run(*, registered: list[Path], out: Path, views: NonNegativeInt = 8, size: PositiveInt = 256,
@@ -30,30 +30,31 @@ def run(*, registered: list[Path], out: Path, views: NonNegativeInt = 8, size: P
         num_cpus: CPUs for the local Ray (default: all).
         progress: show a progress bar.
     """
+    from p3dmm.flame.settings import build_settings
     from p3dmm.pipeline.jobs.render import RenderConfig, run_render
 
-    if not 0.0 <= val_fraction < 1.0:
-        raise CommandError(f"--val_fraction must lie in [0, 1), got {val_fraction}")
-    config = RenderConfig(views=views, size=size, photos=photos, samples_per_shard=samples_per_shard,
-                          val_fraction=val_fraction, seed=seed, include_rejected=include_rejected,
-                          view=dict(view or {}))
+    settings = {"views": views, "size": size, "photos": photos, "samples_per_shard": samples_per_shard,
+                "val_fraction": val_fraction, "seed": seed, "include_rejected": include_rejected,
+                "view": dict(view or {})}
     try:
-        from p3dmm.pipeline.render.views import ViewConfig
-
-        ViewConfig(**config.view)
+        config = build_settings(RenderConfig, settings, "render")
         summary, index = run_render(registered, out, config, address=address, num_cpus=num_cpus, progress=progress)
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
-    for line in summary.lines():
+    for line in [*summary.lines(), *index_lines(index, out)]:
         print(line)
-    for part in ("train", "val"):
-        s = index["splits"][part]
-        print(f"{part}: {s['shards']} shards, {s['samples']} samples, {len(s['subjects'])} subjects")
+    return 1 if summary.failed else 0
+
+
+def index_lines(index: dict, out: Path) -> list[str]:
+    """What a shard index holds, for a person: shards, samples and subjects per split, bytes per sample."""
+    lines = [f"{part}: {s['shards']} shards, {s['samples']} samples, {len(s['subjects'])} subjects"
+             for part, s in index["splits"].items()]
     total_bytes = sum(e["bytes"] for e in index["shards"].values())
     total = sum(e["samples"] for e in index["shards"].values())
     if total:
-        print(f"{total_bytes / total / 1e6:.3f} MB per sample -> {out / 'index.json'}")
-    return 1 if summary.failed else 0
+        lines.append(f"{total_bytes / total / 1e6:.3f} MB per sample -> {out / 'index.json'}")
+    return lines
 
 
 def verify(*, shards: Path) -> int:

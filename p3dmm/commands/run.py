@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 from jsonargparse.typing import PositiveInt
 
-from p3dmm.cli import CommandError
-
-
-def _spec(cls: type, value: dict | None, where: str) -> Any:
-    """A config section as its dataclass; unknown keys are refused with the accepted ones named."""
-    value = dict(value or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
-    if unknown:
-        raise CommandError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(sorted(names))}")
-    try:
-        return cls(**value)
-    except TypeError as e:
-        raise CommandError(f"{where}: {e}") from None
+from p3dmm.commands import CommandError
 
 
 def run(*, out: Path, datasets: list[dict], flame: dict | None = None, register: dict | None = None,
@@ -45,18 +30,18 @@ def run(*, out: Path, datasets: list[dict], flame: dict | None = None, register:
         num_cpus: CPUs of the local Ray.
         progress: progress bars.
     """
-    from p3dmm.pipeline.jobs.render import RenderConfig
-    from p3dmm.pipeline.run.config import DatasetSpec, FitSpec, FlameSpec, PipelineConfig, TrainSpec
+    from p3dmm.flame.settings import SettingsError, build_settings
+    from p3dmm.pipeline.run.config import PipelineConfig
     from p3dmm.pipeline.run.driver import Pipeline, StageError
 
     if not datasets:
         raise CommandError("datasets: give at least one dataset")
-    config = PipelineConfig(
-        out=str(out), flame=_spec(FlameSpec, flame, "flame"),
-        datasets=[_spec(DatasetSpec, d, f"datasets[{i}]") for i, d in enumerate(datasets)],
-        register=dict(register or {}), render=_spec(RenderConfig, render, "render"),
-        train=_spec(TrainSpec, train, "train"), fit=_spec(FitSpec, fit, "fit"), address=address,
-        num_cpus=num_cpus, progress=progress)
+    sections = {"out": str(out), "flame": flame, "datasets": datasets, "register": register, "render": render,
+                "train": train, "fit": fit, "address": address, "num_cpus": num_cpus, "progress": progress}
+    try:  # every section typed and checked before any stage runs
+        config = build_settings(PipelineConfig, sections, "")
+    except SettingsError as e:
+        raise CommandError(str(e)) from None
     try:
         Pipeline(config, skip=tuple(skip or ())).run()
     except (StageError, ValueError, FileNotFoundError) as e:

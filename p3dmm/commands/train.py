@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p3dmm.cli import CommandError
+from p3dmm.commands import CommandError
 
 
 def fit(argv: list[str]) -> int:

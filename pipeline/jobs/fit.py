@@ -166,6 +166,16 @@ def fit_images(images: str | os.PathLike, priors: str | os.PathLike, flame_dir: 
     return summary
 
 
+def fit_shards(shards: str | os.PathLike, split: str, priors: str | os.PathLike, flame_dir: str | os.PathLike,
+               out: str | os.PathLike, *, limit: int | None = None, **options) -> FitSummary:
+    """Fit the views of one shard split: they are exported with their ground truth to OUT/inputs (images/,
+    gt/ for evaluation, subjects.json), then fitted like any image folder (`fit_images` options)."""
+    from p3dmm.fitting.shard_inputs import export_split
+
+    images, _, _ = export_split(shards, split, Path(out) / "inputs", flame_dir, limit=limit)
+    return fit_images(images, priors, flame_dir, out, **options)
+
+
 def subject_labels(paths: list[Path], root: Path, subjects: str | os.PathLike | None) -> list[str] | None:
     """Subject of every image: its subfolder ("folder"), or looked up in a JSON {image: subject} by image id,
     relative path or file name. None: every image is its own subject."""

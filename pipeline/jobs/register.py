@@ -1,7 +1,7 @@
 """Registration at scale: one Ray task per scan, results in `OUT/registered/`, a manifest, resume.
 
-This module only orchestrates: listing scans is the adapters' job (`p3dmm.pipeline.datasets`), the
-maths is `p3dmm.registration.register_scan`. Output per scan: `OUT/registered/<name>.npz` with the
+This module only orchestrates: listing and loading scans is the dataset readers' job
+(`p3dmm.pipeline.datasets`), the maths is `p3dmm.registration.register_scan`. Output per scan: `OUT/registered/<name>.npz` with the
 registered FLAME-topology vertices (scan frame), FLAME params, metrics and the verdict;
 `OUT/manifest.jsonl` one line per finished scan; `OUT/job.json` the resolved job settings.
 """
@@ -9,19 +9,17 @@ registered FLAME-topology vertices (scan frame), FLAME params, metrics and the v
 from __future__ import annotations
 
 import functools
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from p3dmm.flame.atomic import atomic_write, remove_stale_temporaries
-from p3dmm.pipeline.datasets import adapter
+from p3dmm.pipeline.datasets import reader, reader_options
 from p3dmm.pipeline.jobs.manifest import Manifest
 from p3dmm.pipeline.jobs.runner import JobSummary, init_ray, run_job
-from p3dmm.pipeline.registered import output_name
+from p3dmm.pipeline.registered import output_name, write_registered
+from p3dmm.registration.config import RegistrationConfig
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class RegisterJob:
     flame_dir: str
     out_dir: str
     source_options: dict = field(default_factory=dict)
-    registration: dict = field(default_factory=dict)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,30 +46,17 @@ def register_one(payload: tuple[Any, RegisterJob]) -> dict:
     """Ray task body: load one scan, register it, write its result atomically, return a small record."""
     from p3dmm.flame.mesh import MeshError
     from p3dmm.flame.scan import ScanError
-    from p3dmm.registration.config import RegistrationConfig
     from p3dmm.registration.register import register_scan
 
     record, job = payload
     try:
-        scan = adapter(job.source).load_scan(record)
+        scan = reader(job.source).load_scan(record)
     except (ScanError, MeshError) as e:
         return {"status": "failed", "reason": str(e)}
-    reg = register_scan(scan, _assets(job.flame_dir), RegistrationConfig(**job.registration))
-    name = output_name(record.scan_id)
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        scan_id=record.scan_id,
-        vertices=np.asarray(reg.vertices, dtype=np.float64),
-        accepted=reg.accepted,
-        reason=str(reg.reason or ""),
-        params=json.dumps(reg.params, default=_jsonable),
-        metrics=json.dumps(reg.metrics, default=_jsonable),
-        record=json.dumps(asdict(record), default=_jsonable),
-    )
-    out = Path(job.out_dir) / "registered" / f"{name}.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, buffer.getvalue())
+    reg = register_scan(scan, _assets(job.flame_dir), job.registration)
+    out = Path(job.out_dir) / "registered" / f"{output_name(record.scan_id)}.npz"
+    write_registered(out, record, reg.vertices, accepted=reg.accepted, reason=reg.reason, params=reg.params,
+                     metrics=reg.metrics)
     return {
         "status": "ok" if reg.accepted else "rejected",
         "reason": reg.reason,
@@ -80,8 +65,18 @@ def register_one(payload: tuple[Any, RegisterJob]) -> dict:
     }
 
 
-def _jsonable(value: Any) -> Any:
-    return value.tolist() if hasattr(value, "tolist") else str(value)
+def registration_job(source: str, root: str | Path, out: str | Path, flame_dir: str | Path, *,
+                     source_options: dict | None = None,
+                     registration: RegistrationConfig | None = None) -> RegisterJob:
+    """A checked job: the dataset and its required options known, the root there, paths absolute (Ray
+    workers on other nodes, or in another working folder, read and write them)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset root not found")
+    options = reader_options(source, dict(source_options or {}))
+    return RegisterJob(source=source, root=str(root.resolve()), flame_dir=str(Path(flame_dir).resolve()),
+                       out_dir=str(Path(out).resolve()), source_options=options,
+                       registration=registration or RegistrationConfig())
 
 
 def run_registration(
@@ -93,7 +88,7 @@ def run_registration(
     progress: bool = True,
 ) -> JobSummary:
     """List the scans, skip the finished ones, register the rest on Ray; returns the summary."""
-    records = list(adapter(job.source).iter_records(job.root, **job.source_options))
+    records = list(reader(job.source).iter_records(job.root, **job.source_options))
     if limit is not None:
         records = records[:limit]
     out = Path(job.out_dir)

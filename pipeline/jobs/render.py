@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from p3dmm.flame.atomic import atomic_write, remove_stale_temporaries
-from p3dmm.flame.scan import ScanRecord
-from p3dmm.pipeline.datasets import adapter
+from p3dmm.flame.settings import build_settings
+from p3dmm.pipeline.datasets import dataset, reader
 from p3dmm.pipeline.jobs.manifest import Manifest
 from p3dmm.pipeline.jobs.runner import JobSummary, init_ray, run_job
-from p3dmm.pipeline.registered import load_registered, output_name
+from p3dmm.pipeline.registered import load_registered, output_name, read_header
 from p3dmm.pipeline.render.sample import render_scan_samples, stable_unit
+from p3dmm.pipeline.render.views import ViewConfig
 from p3dmm.pipeline.shards.format import SCHEMA_VERSION
 from p3dmm.pipeline.shards.writer import write_shard
-
-PHOTO_SOURCES = ("facescape-mview", "ava256")
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,13 @@ class RenderConfig:
     seed: int = 0
     include_rejected: bool = False
     view: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        if self.size < 8 or self.views < 0 or self.photos < 0 or self.samples_per_shard < 1:
+            raise ValueError(f"size >= 8, views >= 0, photos >= 0 and samples_per_shard >= 1, got {self}")
+        build_settings(ViewConfig, self.view, "view")  # a bad camera spread stops here, not in a worker
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,6 @@ class RegisteredScan:
 
 def list_registered(registered_dirs: Sequence[str | Path]) -> tuple[str, list[RegisteredScan]]:
     """(FLAME folder, scans) of one or more `p3dmm register` output folders; they must share FLAME."""
-    import numpy as np
-
     flame_dirs, scans = set(), []
     for folder in map(Path, registered_dirs):
         job_file = folder / "job.json"
@@ -103,11 +107,10 @@ def list_registered(registered_dirs: Sequence[str | Path]) -> tuple[str, list[Re
         job = json.loads(job_file.read_text())
         flame_dirs.add(str(Path(job["flame_dir"]).resolve()))
         for npz in sorted((folder / "registered").glob("*.npz")):
-            with np.load(npz) as data:
-                record = json.loads(str(data["record"]))
-                scans.append(RegisteredScan(npz=str(npz.resolve()), source=job["source"], scan_id=str(data["scan_id"]),
-                                            subject=f"{record['dataset']}/{record['subject']}",
-                                            accepted=bool(data["accepted"])))
+            header = read_header(npz)
+            scans.append(RegisteredScan(npz=str(npz.resolve()), source=job["source"], scan_id=header.scan_id,
+                                        subject=f"{header.record.dataset}/{header.record.subject}",
+                                        accepted=header.accepted))
     if len(flame_dirs) > 1:
         raise ValueError(f"registrations use different FLAME folders ({', '.join(sorted(flame_dirs))}); "
                          "shards need one topology")
@@ -140,7 +143,7 @@ def plan_shards(scans: Sequence[RegisteredScan], config: RenderConfig) -> list[S
         part = split[scan.subject]
         for v in range(config.views):
             by_split[part].append(SampleSpec(f"{name}_r{v:02d}", scan.npz, scan.source, "render", v, part, scan.subject))
-        if scan.source in PHOTO_SOURCES:
+        if dataset(scan.source).photos:
             for p in range(config.photos):
                 by_split[part].append(SampleSpec(f"{name}_p{p:02d}", scan.npz, scan.source, "photo", p, part, scan.subject))
     shards = []
@@ -162,23 +165,29 @@ def _assets(flame_dir: str):
     return assets, uv_region_faces(assets)
 
 
+def _by_scan(samples: Sequence[SampleSpec]) -> list[list[SampleSpec]]:
+    """A shard's samples grouped by registration, in plan order: each scan is loaded once per shard."""
+    groups: dict[str, list[SampleSpec]] = {}
+    for spec in samples:
+        groups.setdefault(spec.registered, []).append(spec)
+    return list(groups.values())
+
+
 def render_shard(payload: tuple[ShardSpec, RenderJob]) -> dict:
     """Ray task body: render every sample of one shard and write it; returns the shard's index entry."""
     shard, job = payload
-    out = Path(job.out_dir) / shard.name
     skipped: list[str] = []
 
-    def samples():
-        by_scan: dict[str, list[SampleSpec]] = {}
-        for spec in shard.samples:
-            by_scan.setdefault(spec.registered, []).append(spec)
+    def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
         assets, region_faces = _assets(job.flame_dir)
-        for specs in by_scan.values():
+        for specs in _by_scan(shard.samples):
             reg = load_registered(specs[0].registered)
-            scan = adapter(specs[0].source).load_scan(ScanRecord(**reg.record))
-            yield from render_scan_samples(specs, reg, scan, assets, region_faces, job.config, skipped)
+            scan = reader(specs[0].source).load_scan(reg.record)
+            rendered, missing = render_scan_samples(specs, reg, scan, assets, region_faces, job.config)
+            skipped.extend(missing)
+            yield from rendered
 
-    entry = write_shard(out, samples())
+    entry = write_shard(Path(job.out_dir) / shard.name, samples())
     return {"status": "ok", "reason": None, "split": shard.split, **entry, "skipped": skipped}
 
 

@@ -115,7 +115,8 @@ def pixel_albedo(hits: RayHits, faces: np.ndarray, *, face_uv: np.ndarray | None
     if not mask.any():
         return albedo
     if texture is not None and face_uv is not None:
-        uv = np.einsum("nk,nkc->nc", hits.bary[mask].astype(np.float64), face_uv[hits.face_id[mask]])
+        corners = np.arange(3 * len(face_uv)).reshape(-1, 3)  # corner k of face f is row 3 f + k
+        uv = interpolate(hits, np.asarray(face_uv, np.float64).reshape(-1, 2), corners)[mask]
         tex = texture
         th, tw = tex.shape[:2]
         rows = (1.0 - uv[:, 1]) * th - 0.5

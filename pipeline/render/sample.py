@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.cameras import Cameras
-from p3dmm.flame.render import RayCaster, interpolate
+from p3dmm.flame.render import RayCaster, RayHits, pixel_normals
 from p3dmm.flame.scan import ScanGeometry
 from p3dmm.pipeline.registered import Registered
 from p3dmm.pipeline.render.appearance import linear_texture, pixel_albedo, render_photo, sample_look
 from p3dmm.pipeline.render.photos import face_crop_intrinsics, read_image, resample_photo
-from p3dmm.pipeline.render.targets import render_targets
+from p3dmm.pipeline.render.targets import TargetMaps, render_targets
 from p3dmm.pipeline.render.views import ViewConfig, sample_views
 from p3dmm.pipeline.shards.format import encode_flags, encode_sample
 
@@ -49,21 +52,70 @@ def _flame_meta(params: dict) -> dict:
     return {k: params[k] for k in ("shape", "expression", "pose", "translation")}
 
 
-def _pixel_normals(caster: RayCaster | None, hits) -> np.ndarray | None:
-    if caster is None:
-        return None
-    n = interpolate(hits, caster.vertex_normals, caster.faces)
-    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+class SampleRequest(Protocol):
+    """One planned sample, as rendering needs it (the render job's SampleSpec)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def kind(self) -> str: ...  # "render" (a rendered view) or "photo" (a calibrated photo crop)
+    @property
+    def index(self) -> int: ...  # view index, or photo index among the chosen photos
+    @property
+    def split(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+
+
+class SampleSettings(Protocol):
+    """The render settings samples depend on (the render job's RenderConfig)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def photos(self) -> int: ...
+    @property
+    def view(self) -> dict: ...  # ViewConfig fields
+
+
+@dataclass(frozen=True)
+class ScanContext:
+    """What every sample of one scan shares, built once per scan; all in the registration's FLAME frame."""
+
+    reg: Registered
+    scan: ScanGeometry
+    assets: FlameAssets
+    region_faces: np.ndarray
+    reg_caster: RayCaster
+    scan_caster: RayCaster | None  # None for a point cloud
+    texture: np.ndarray | None  # linear texture of the scan, if it has one
+    face_points: np.ndarray  # registered vertices of the face region
+    centre: np.ndarray
+    extent: float
+    view_config: ViewConfig
+    photos: list[tuple[int, np.ndarray, np.ndarray]]  # from choose_photos
+
+
+@dataclass(frozen=True)
+class View:
+    """The camera of one sample and what comes with it: a photo crop brings its own pixels."""
+
+    camera: Cameras
+    extra: dict  # meta.json entries of the view
+    rgb: np.ndarray | None = None  # the photo crop; None: shade the scan
+    outside: np.ndarray | None = None  # crop pixels outside the photo
 
 
 def choose_photos(cameras: Sequence, reg: Registered, count: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Up to `count` photos that see the face, spread evenly over yaw: [(camera index, R, t) FLAME frame]."""
     centre = reg.vertices.mean(axis=0)
     forward = reg.head_rotation[:, 2]
+    sim = reg.to_scan
     usable = []
     for i, cam in enumerate(cameras):
-        R = np.asarray(cam.R) @ reg.rotation  # x_cam = R x_scan + t, x_scan = s R_sim x + t_sim
-        t = (np.asarray(cam.R) @ reg.translation + np.asarray(cam.t)) / reg.scale
+        R, t = sim.camera_in_source(cam.R, cam.t)
         position = -R.T @ t
         view = position - centre
         angle = np.degrees(np.arccos(np.clip(view @ forward / np.linalg.norm(view), -1, 1)))
@@ -77,62 +129,98 @@ def choose_photos(cameras: Sequence, reg: Registered, count: int) -> list[tuple[
     return [(i, R, t) for _, i, R, t in usable]
 
 
-def render_scan_samples(specs: Sequence, reg: Registered, scan: ScanGeometry, assets, region_faces: np.ndarray,
-                        config, skipped: list[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, members) for each spec of one scan, in order; a photo spec without a usable photo is skipped."""
-    size = config.size
+def scan_context(reg: Registered, scan: ScanGeometry, assets: FlameAssets, region_faces: np.ndarray,
+                 settings: SampleSettings, with_photos: bool) -> ScanContext:
+    """Casters, texture, face centre and extent, and the chosen photos of one scan (photos only when asked:
+    choosing them needs the scan's cameras)."""
     faces = assets.model.faces
+    face_points = reg.vertices[np.unique(faces[region_faces])]
+    scan_caster = None
+    if scan.faces is not None:
+        scan_caster = RayCaster(reg.to_scan.invert_points(scan.vertices), scan.faces)
     record = scan.record
-    reg_caster = RayCaster(reg.vertices, faces)
-    scan_caster = RayCaster(reg.to_flame(scan.vertices), scan.faces) if scan.faces is not None else None
     texture = linear_texture(read_image(record.texture)) if record.texture and scan.uv is not None else None
+    return ScanContext(
+        reg=reg, scan=scan, assets=assets, region_faces=region_faces, reg_caster=RayCaster(reg.vertices, faces),
+        scan_caster=scan_caster, texture=texture, face_points=face_points, centre=face_points.mean(axis=0),
+        extent=float(np.max(face_points.max(axis=0) - face_points.min(axis=0))),
+        view_config=ViewConfig(**settings.view),
+        photos=choose_photos(scan.cameras, reg, settings.photos) if with_photos else [])
 
-    region_v = np.unique(faces[region_faces])
-    face_points = reg.vertices[region_v]
-    centre = face_points.mean(axis=0)
-    extent = float(np.max(face_points.max(axis=0) - face_points.min(axis=0)))
-    view_config = ViewConfig(**config.view)
-    photos = choose_photos(scan.cameras, reg, config.photos) if any(s.kind == "photo" for s in specs) else []
-    base_meta = {"scan_id": record.scan_id, "dataset": record.dataset, "subject": specs[0].subject,
-                 "expression": record.expression, "flame": _flame_meta(reg.params),
-                 "head_rotation": reg.head_rotation.tolist()}
 
-    for spec in specs:
-        rng = _seed(config.seed, spec.key)
-        outside = None
-        if spec.kind == "render":
-            camera, angles = sample_views(rng, 1, centre, reg.head_rotation, extent, size, view_config)
-            extra = {"angles": angles[0].tolist()}
-        else:
-            if spec.index >= len(photos):
-                skipped.append(spec.key)
-                continue
-            index, R, t = photos[spec.index]
-            view = scan.cameras[index]
-            fill = rng.uniform(*view_config.fill)
-            K_crop = face_crop_intrinsics(np.asarray(view.K), R, t, face_points, size, fill)
-            camera = Cameras(K=torch.from_numpy(K_crop)[None], R=torch.from_numpy(R)[None],
-                             t=torch.from_numpy(t)[None], image_size=(size, size))
-            rgb, inside = resample_photo(read_image(view.image), np.asarray(view.K), view.distortion, K_crop, size)
-            outside = ~inside
-            extra = {"photo": view.image}
-        targets = render_targets(reg_caster, camera, reg.head_rotation, assets.uv.vt, assets.uv.ft, region_faces)
-        occluded = None
-        if scan_caster is not None:
-            hits = scan_caster.cast(camera)
-            occluded = hits.mask & targets.mask & (hits.depth < targets.depth - OCCLUSION_MARGIN_M)
-            if spec.kind == "render":
-                albedo = pixel_albedo(hits, scan_caster.faces, face_uv=scan.uv, texture=texture,
-                                      vertex_colors=scan.vertex_colors)
-                look = sample_look(rng)
-                rgb = render_photo(hits, _pixel_normals(scan_caster, hits), albedo, look, rng)
-                extra["look"] = look.to_dict()
-        elif spec.kind == "render":  # a point cloud: shade the registration instead
-            hits = reg_caster.cast(camera)
-            look = sample_look(rng)
-            rgb = render_photo(hits, _pixel_normals(reg_caster, hits), pixel_albedo(hits, faces), look, rng)
-            extra["look"] = look.to_dict()
-        flags = encode_flags(targets.mask, targets.face_mask, occluded, outside)
-        meta = {**base_meta, "key": spec.key, "split": spec.split, "kind": spec.kind, "index": spec.index,
-                "camera": _camera_meta(camera), **extra}
-        yield spec.key, encode_sample(spec.key, rgb, targets.normal, targets.uv, flags, targets.depth, meta)
+def _rendered_view(ctx: ScanContext, rng: np.random.Generator, size: int) -> View:
+    camera, angles = sample_views(rng, 1, ctx.centre, ctx.reg.head_rotation, ctx.extent, size, ctx.view_config)
+    return View(camera, {"angles": angles[0].tolist()})
+
+
+def _photo_view(ctx: ScanContext, index: int, rng: np.random.Generator, size: int) -> View:
+    """The chosen photo `index`, cropped around the face at a random fill, with its FLAME-frame camera."""
+    camera_index, R, t = ctx.photos[index]
+    photo = ctx.scan.cameras[camera_index]
+    fill = rng.uniform(*ctx.view_config.fill)
+    K_crop = face_crop_intrinsics(np.asarray(photo.K), R, t, ctx.face_points, size, fill)
+    camera = Cameras(K=torch.from_numpy(K_crop)[None], R=torch.from_numpy(R)[None], t=torch.from_numpy(t)[None],
+                     image_size=(size, size))
+    rgb, inside = resample_photo(read_image(photo.image), np.asarray(photo.K), photo.distortion, K_crop, size)
+    return View(camera, {"photo": photo.image}, rgb, ~inside)
+
+
+def _occlusion(ctx: ScanContext, camera: Cameras, targets: TargetMaps) -> tuple[RayHits | None, np.ndarray | None]:
+    """(scan hits, occluded pixels): where the raw scan (hair, hands) lies in front of the FLAME surface.
+    (None, None) for a point cloud, which cannot hide anything."""
+    if ctx.scan_caster is None:
+        return None, None
+    hits = ctx.scan_caster.cast(camera)
+    return hits, hits.mask & targets.mask & (hits.depth < targets.depth - OCCLUSION_MARGIN_M)
+
+
+def _shaded_rgb(ctx: ScanContext, camera: Cameras, scan_hits: RayHits | None, rng: np.random.Generator
+                ) -> tuple[np.ndarray, dict]:
+    """(RGB, look) of a rendered view: the scan in its own colours, or the registration for a point cloud."""
+    if scan_hits is not None:
+        caster, hits = ctx.scan_caster, scan_hits
+        albedo = pixel_albedo(hits, caster.faces, face_uv=ctx.scan.uv, texture=ctx.texture,
+                              vertex_colors=ctx.scan.vertex_colors)
+    else:
+        caster = ctx.reg_caster
+        hits = caster.cast(camera)
+        albedo = pixel_albedo(hits, ctx.assets.model.faces)
+    look = sample_look(rng)
+    return render_photo(hits, pixel_normals(hits, caster.vertex_normals, caster.faces), albedo, look, rng), look.to_dict()
+
+
+def _sample_meta(ctx: ScanContext, spec: SampleRequest, camera: Cameras, extra: dict) -> dict:
+    record = ctx.scan.record
+    return {"scan_id": record.scan_id, "dataset": record.dataset, "subject": spec.subject,
+            "expression": record.expression, "flame": _flame_meta(ctx.reg.params),
+            "head_rotation": ctx.reg.head_rotation.tolist(), "key": spec.key, "split": spec.split,
+            "kind": spec.kind, "index": spec.index, "camera": _camera_meta(camera), **extra}
+
+
+def render_sample(ctx: ScanContext, spec: SampleRequest, settings: SampleSettings) -> tuple[str, dict[str, bytes]]:
+    """(key, shard members) of one sample; its randomness derives from the seed and its key alone."""
+    rng = _seed(settings.seed, spec.key)
+    if spec.kind == "photo":
+        view = _photo_view(ctx, spec.index, rng, settings.size)
+    else:
+        view = _rendered_view(ctx, rng, settings.size)
+    uv = ctx.assets.uv
+    targets = render_targets(ctx.reg_caster, view.camera, ctx.reg.head_rotation, uv.vt, uv.ft, ctx.region_faces)
+    scan_hits, occluded = _occlusion(ctx, view.camera, targets)
+    rgb, extra = view.rgb, dict(view.extra)
+    if rgb is None:
+        rgb, extra["look"] = _shaded_rgb(ctx, view.camera, scan_hits, rng)
+    flags = encode_flags(targets.mask, targets.face_mask, occluded, view.outside)
+    meta = _sample_meta(ctx, spec, view.camera, extra)
+    return spec.key, encode_sample(spec.key, rgb, targets.normal, targets.uv, flags, targets.depth, meta)
+
+
+def render_scan_samples(specs: Sequence[SampleRequest], reg: Registered, scan: ScanGeometry, assets: FlameAssets,
+                        region_faces: np.ndarray, settings: SampleSettings
+                        ) -> tuple[Iterator[tuple[str, dict[str, bytes]]], list[str]]:
+    """(samples, skipped keys) of one scan: the samples are rendered in spec order as the iterator is consumed
+    (a shard streams them to disk); a photo spec beyond the photos that see the face is skipped."""
+    ctx = scan_context(reg, scan, assets, region_faces, settings, any(s.kind == "photo" for s in specs))
+    skipped = [s.key for s in specs if s.kind == "photo" and s.index >= len(ctx.photos)]
+    usable = [s for s in specs if s.key not in skipped]
+    return (render_sample(ctx, s, settings) for s in usable), skipped

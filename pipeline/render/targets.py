@@ -6,7 +6,8 @@ test renders the same mesh and camera with PyTorch3D and checks that UV and norm
 fitting stage (PyTorch3D) sees the same conventions the network was trained on:
 
 - normals: smooth (interpolated vertex) normals, unit length, in the FLAME head frame: the head's
-  world rotation (global @ neck) is undone, so a turned head has the same target as a frontal one;
+  world rotation (global @ neck) is undone, so a turned head has the same target as a frontal one
+  (:func:`p3dmm.flame.render.pixel_normals`, the definition the fitting renders with too);
 - uv: FLAME UV per pixel as (u, 1 - v), interpolated per face corner (``ft``), so seams stay sharp;
 - mask: the pixel sees the mesh; face_mask: the pixel sees a face of the UV-valid region;
 - depth: camera z in metres (inf on background).
@@ -20,7 +21,7 @@ import numpy as np
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.cameras import Cameras
-from p3dmm.flame.render import RayCaster, RayHits
+from p3dmm.flame.render import RayCaster, RayHits, interpolate, pixel_normals
 
 UV_REGION_MASKS = ("face", "forehead", "nose", "lips", "eye_region", "left_ear", "right_ear")
 """FLAME mask regions whose UV is a training target (the face and ears; never the eyeballs)."""
@@ -54,35 +55,11 @@ def uv_region_faces(assets: FlameAssets, include: tuple[str, ...] = UV_REGION_MA
     return keep[assets.model.faces].all(axis=1)
 
 
-def _interpolate_hits(bary: np.ndarray, corners: np.ndarray) -> np.ndarray:
-    """(N, C) float32 from (N, 3) barycentrics and (N, 3, C) corner values (float32 throughout: ~1e-7)."""
-    return (bary[:, 0, None] * corners[:, 0] + bary[:, 1, None] * corners[:, 1]
-            + bary[:, 2, None] * corners[:, 2])
-
-
-def head_frame_normals(hits: RayHits, normals: np.ndarray, faces: np.ndarray,
-                       head_rotation: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 interpolated vertex normals (V, 3 world) rotated into the head frame (0 on background)."""
-    pixel = np.flatnonzero(hits.face_id >= 0)
-    # world -> head frame: n_head = R_head^T n_world (row vectors: n @ R_head), applied per vertex (cheaper)
-    local = (np.asarray(normals, np.float64) @ np.asarray(head_rotation, np.float64)).astype(np.float32)
-    corners = np.take(local, np.take(np.asarray(faces), hits.face_id.reshape(-1)[pixel], axis=0), axis=0)
-    n = _interpolate_hits(np.take(hits.bary.reshape(-1, 3), pixel, axis=0), corners)
-    n /= np.maximum(np.sqrt(np.einsum("ij,ij->i", n, n)), 1e-12)[:, None]
-    out = np.zeros((*hits.face_id.shape, 3), np.float32)
-    out.reshape(-1, 3)[pixel] = n
-    return out
-
-
 def uv_map(hits: RayHits, vt: np.ndarray, ft: np.ndarray) -> np.ndarray:
-    """(H, W, 2) float32 (u, 1 - v), interpolated per face corner so UV seams do not smear."""
-    pixel = np.flatnonzero(hits.face_id >= 0)
+    """(H, W, 2) float32 (u, 1 - v), interpolated per face corner (``ft``) so UV seams do not smear."""
     flipped = np.asarray(vt, np.float32).copy()
     flipped[:, 1] = 1.0 - flipped[:, 1]  # (u, 1 - v) is affine in v, so flip the corners, not the pixels
-    corners = np.take(flipped, np.take(np.asarray(ft), hits.face_id.reshape(-1)[pixel], axis=0), axis=0)
-    out = np.zeros((*hits.face_id.shape, 2), np.float32)
-    out.reshape(-1, 2)[pixel] = _interpolate_hits(np.take(hits.bary.reshape(-1, 3), pixel, axis=0), corners)
-    return out
+    return interpolate(hits, flipped, ft)
 
 
 def render_targets(caster: RayCaster, camera: Cameras, head_rotation: np.ndarray, vt: np.ndarray,
@@ -93,7 +70,7 @@ def render_targets(caster: RayCaster, camera: Cameras, head_rotation: np.ndarray
     face_mask = np.zeros_like(mask)
     face_mask[mask] = region_faces[hits.face_id[mask]]
     return TargetMaps(
-        normal=head_frame_normals(hits, caster.vertex_normals, caster.faces, head_rotation),
+        normal=pixel_normals(hits, caster.vertex_normals, caster.faces, head_rotation).astype(np.float32),
         uv=uv_map(hits, vt, ft),
         mask=mask,
         face_mask=face_mask,

@@ -72,7 +72,7 @@ def sample_views(
     n: int,
     centre: np.ndarray,
     head_rotation: np.ndarray,
-    extent: float,
+    extent_m: float,
     size: int,
     config: ViewConfig = ViewConfig(),
 ) -> tuple[Cameras, np.ndarray]:
@@ -83,7 +83,7 @@ def sample_views(
         centre: (3,) head centre, metres, world (FLAME) frame.
         head_rotation: (3, 3) world rotation of the head (global @ neck); its columns are the head's
             left, up and forward axes.
-        extent: head size in metres (e.g. the diagonal of the face region's bounding box).
+        extent_m: head size in metres (e.g. the largest side of the face region's bounding box).
         size: square image side in pixels.
 
     Returns:
@@ -94,15 +94,15 @@ def sample_views(
     local = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
     direction = local @ np.asarray(head_rotation, np.float64).T
     lo, hi = np.log(config.distance[0]), np.log(config.distance[1])
-    distance = np.exp(rng.uniform(lo, hi, n))
-    target = np.asarray(centre, np.float64)[None] + rng.normal(0.0, config.jitter * extent, (n, 3))
-    eye = target + distance[:, None] * direction
+    distance_m = np.exp(rng.uniform(lo, hi, n))
+    target = np.asarray(centre, np.float64)[None] + rng.normal(0.0, config.jitter * extent_m, (n, 3))
+    eye = target + distance_m[:, None] * direction
     up = np.broadcast_to(np.asarray(head_rotation, np.float64)[:, 1], (n, 3))
     R, t = look_at(torch.from_numpy(eye), torch.from_numpy(target), torch.from_numpy(up.copy()))
-    roll_m = torch.from_numpy(_rotation_z(roll))
-    R, t = roll_m @ R, (roll_m @ t[..., None])[..., 0]
+    roll_rotation = torch.from_numpy(_rotation_z(roll))
+    R, t = roll_rotation @ R, (roll_rotation @ t[..., None])[..., 0]
     fill = rng.uniform(config.fill[0], config.fill[1], n)
-    focal = fill * size * distance / extent
+    focal = fill * size * distance_m / extent_m
     K = torch.zeros(n, 3, 3, dtype=torch.float64)
     K[:, 0, 0] = K[:, 1, 1] = torch.from_numpy(focal)
     K[:, 0, 2] = K[:, 1, 2] = (size - 1) / 2.0

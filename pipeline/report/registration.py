@@ -23,6 +23,7 @@ from p3dmm.flame.grid import image_grid, save_png
 from p3dmm.flame.render import DEFAULT_BACKGROUND, raycast, shade
 from p3dmm.flame.rotations import axis_angle_to_matrix
 from p3dmm.pipeline.jobs.manifest import Manifest
+from p3dmm.pipeline.registered import load_registered
 
 SCAN_ALBEDO = (0.80, 0.80, 0.80)
 REG_ALBEDO = (0.86, 0.62, 0.52)
@@ -123,16 +124,11 @@ def scan_errors_mm(scan_points: np.ndarray, reg_vertices: np.ndarray, faces: np.
 
 def scan_panels(npz_path: Path, job: dict, assets, size: int) -> tuple[np.ndarray, dict]:
     """Render the four panels of one registered scan; returns (row image, summary dict)."""
-    from p3dmm.flame.scan import ScanRecord
-    from p3dmm.pipeline.datasets import adapter
+    from p3dmm.pipeline.datasets import reader
 
-    with np.load(npz_path) as data:
-        reg = np.asarray(data["vertices"], np.float64)
-        params = json.loads(str(data["params"]))
-        metrics = json.loads(str(data["metrics"]))
-        record = ScanRecord(**json.loads(str(data["record"])))
-        accepted, reason = bool(data["accepted"]), str(data["reason"])
-    scan = adapter(job["source"]).load_scan(record)
+    registered = load_registered(npz_path)
+    reg, params, metrics, record = registered.scan_vertices, registered.params, registered.metrics, registered.record
+    scan = reader(job["source"]).load_scan(record)
     faces = assets.model.faces
     face_idx = np.asarray(assets.masks["face"], np.int64)
     region_v = np.zeros(len(reg), bool)
@@ -151,7 +147,7 @@ def scan_panels(npz_path: Path, job: dict, assets, size: int) -> tuple[np.ndarra
                      labels=["scan", "registration", "overlay", f"scan -> registration, 0-{HEAT_MAX_MM:g} mm"])
     scored = errors[np.isfinite(errors)]
     summary = {
-        "scan_id": record.scan_id, "accepted": accepted, "reason": reason,
+        "scan_id": record.scan_id, "accepted": registered.accepted, "reason": registered.reason,
         "median_mm": metrics.get("median_mm"), "p95_mm": metrics.get("p95_mm"),
         "fit_median_mm": metrics.get("fit_median_mm"), "coverage": metrics.get("coverage"),
         "scored_points": len(scored), "scan_points": len(scan.vertices),

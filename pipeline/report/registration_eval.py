@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.pipeline.registered import load_registered
 
 
 def correspondence_errors_mm(pred: np.ndarray, truth: np.ndarray, face: np.ndarray, metres_per_unit: float) -> np.ndarray:
@@ -27,14 +28,13 @@ def evaluate_registrations(out: str | os.PathLike, truth_root: str | os.PathLike
         truth_path = truth_root / "_truth" / path.name
         if not truth_path.exists():
             continue
-        with np.load(path) as pred, np.load(truth_path) as truth:
-            errors = correspondence_errors_mm(pred["vertices"], truth["vertices"], face,
+        pred = load_registered(path)
+        with np.load(truth_path, allow_pickle=False) as truth:  # truth is in the scan's frame and units
+            errors = correspondence_errors_mm(pred.scan_vertices, truth["vertices"], face,
                                               float(truth["metres_per_unit"]))
-            accepted = bool(pred["accepted"])
-            scan_id = str(pred["scan_id"])
-        per_scan[scan_id] = {"median_mm": float(np.median(errors)), "p95_mm": float(np.percentile(errors, 95)),
-                             "accepted": accepted}
-        if accepted:
+        per_scan[pred.scan_id] = {"median_mm": float(np.median(errors)), "p95_mm": float(np.percentile(errors, 95)),
+                                  "accepted": pred.accepted}
+        if pred.accepted:
             pooled.append(errors)
     all_errors = np.concatenate(pooled) if pooled else np.array([np.nan])
     accepted_medians = [s["median_mm"] for s in per_scan.values() if s["accepted"]]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from p3dmm.pipeline.datasets import NAMES
 from p3dmm.pipeline.jobs.render import RenderConfig
+from p3dmm.registration.config import RegistrationConfig
 
 STAGES = ("flame", "scans", "register", "render", "train", "fit", "eval")
 
@@ -25,7 +29,7 @@ class DatasetSpec:
     """One dataset: `source` is its layout (nphm, facescape, facescape-mview, ava256, generic); `root` its
     folder, unset for synthetic scans of that layout (`subjects` x `expressions`, with ground truth)."""
 
-    source: str
+    source: Literal[NAMES]
     root: str | None = None
     name: str | None = None
     subjects: int = 1
@@ -47,7 +51,7 @@ class TrainSpec:
 
     config: str = "configs/train-tiny.yaml"
     devices: int = 2
-    launcher: str = "local"
+    launcher: Literal["local", "torchrun"] = "local"
     args: list[str] = field(default_factory=list)
     priors: str | None = None
 
@@ -68,13 +72,28 @@ class PipelineConfig:
     out: str
     flame: FlameSpec
     datasets: list[DatasetSpec]
-    register: dict
+    register: RegistrationConfig
     render: RenderConfig  # the render command's own settings (views, size, photos, ...)
     train: TrainSpec
     fit: FitSpec
     address: str | None = None
     num_cpus: int | None = None
     progress: bool = True
+
+
+def resolve_paths(config: PipelineConfig) -> PipelineConfig:
+    """The config with every path absolute, against the working folder it was given in (subprocesses and
+    Ray workers on other nodes run elsewhere)."""
+
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    replace = dataclasses.replace
+    return replace(config, out=absolute(config.out),
+                   flame=replace(config.flame, path=absolute(config.flame.path)),
+                   datasets=[replace(d, root=absolute(d.root)) for d in config.datasets],
+                   train=replace(config.train, config=absolute(config.train.config),
+                                 priors=absolute(config.train.priors)))
 
 
 class RunLayout:

@@ -37,9 +37,9 @@ from scipy.spatial.transform import Rotation
 from p3dmm.flame.assets import FlameAssets, UVLayout
 from p3dmm.flame.cameras import Cameras, look_at
 from p3dmm.flame.files import write_uv_obj
+from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.render import render_shaded
 from p3dmm.pipeline.synth.scans import (
-    landmarks_from_vertices,
     posed_truth,
     sample_params,
     skin_colors,
@@ -122,6 +122,12 @@ def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[i
     return out
 
 
+def write_synthetic(out: str | os.PathLike, assets: FlameAssets, *, subjects: int, expressions: int,
+                    seed: int) -> list[str]:
+    """The dataset registry's uniform writer: captures SYN000.. with `expressions` frames each."""
+    return write_ava256(out, assets, [f"SYN{i:03d}" for i in range(subjects)], frames=expressions, seed=seed)
+
+
 def write_ava256(
     out: str | os.PathLike,
     assets: FlameAssets,
@@ -196,7 +202,7 @@ def write_ava256(
                 params["shape"] = identity
                 params["translation"] = offset
                 truth = posed_truth(assets, params)
-                lmk = landmarks_from_vertices(assets, truth)
+                lmk = frontal_landmarks(assets, truth)
                 scan_id = f"ava256/{sid}/{fid:06d}"
                 write_truth(out, scan_id, truth, 1.0, params, landmarks=lmk)
                 local_mm = subdivided(truth, assets)[order] * 1000.0

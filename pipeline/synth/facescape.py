@@ -18,6 +18,8 @@ import numpy as np
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.landmarks import frontal_landmarks
+from p3dmm.flame.similarity import Similarity
 from p3dmm.pipeline.synth import scans as ss
 
 EXPRESSIONS = (
@@ -129,7 +131,7 @@ def write_facescape(
     if unknown:
         raise ValueError(f"write_facescape: expressions must come from FaceScape's list, got {unknown}")
     topo = TUTopology(assets, subdivisions, rng)
-    lmk_template = ss.landmarks_from_vertices(assets, assets.model.v_template)
+    lmk_template = frontal_landmarks(assets, assets.model.v_template)
     tu_template = topo.vertices(assets.model.v_template)
     v10 = np.argmin(((tu_template[None] - lmk_template[:, None]) ** 2).sum(-1), axis=1).astype(np.int64)
     buffer = io.BytesIO()
@@ -152,20 +154,20 @@ def write_facescape(
                 params["expression"][:] = 0.0
                 params["pose"][6:9] = 0.0
             truth = ss.add_detail(ss.posed_truth(assets, params), faces, rng)
-            lmk = ss.landmarks_from_vertices(assets, truth)
+            lmk = frontal_landmarks(assets, truth)
             ipd = np.linalg.norm(lmk[42:48].mean(0) - lmk[36:42].mean(0))
-            scale = IPD_MM / 1000.0 / ipd
-            stored = truth * scale + offset  # metres as the adapter reports them (mm / 1000)
+            to_stored = Similarity(IPD_MM / 1000.0 / ipd, np.eye(3), offset)
+            stored = to_stored.apply(truth)  # metres as the adapter reports them (mm / 1000)
             tu = topo.vertices(stored)
             vt, ft = seam_uv(tu, topo.faces)
             folder = out / str(sid) / "models_reg"
             write_obj(folder / f"{stem}.obj", tu * 1000.0, topo.faces, vt, ft, f"{stem}.obj.mtl")
             atomic_write(folder / f"{stem}.obj.mtl", f"newmtl material_0\nmap_Kd {stem}.jpg\n".encode())
-            albedo = ss.scan_albedo(assets, truth, (tu - offset) / scale, rng)
+            albedo = ss.scan_albedo(assets, truth, to_stored.invert_points(tu), rng)
             ss.save_png(folder / f"{stem}.jpg", ss.bake_texture(vt[ft], topo.faces, albedo, image_size), fmt="JPEG")
             disp = (32768 + rng.normal(0, 800, (image_size, image_size))).clip(0, 65535).astype(np.uint16)
             ss.save_png(out / str(sid) / "dpmap" / f"{stem}.png", disp)
             scan_id = f"facescape/{sid}/{stem}"
-            ss.write_truth(out, scan_id, stored, 1.0 / scale, params, lmk * scale + offset)
+            ss.write_truth(out, scan_id, stored, 1.0 / to_stored.scale, params, to_stored.apply(lmk))
             ids.append(scan_id)
     return ids

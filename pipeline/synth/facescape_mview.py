@@ -10,7 +10,7 @@ Frames (column vectors):
     SfM frame: x_tu = R_s (s x_sfm) + t_s, with s ~ 30 (so SfM coordinates span ~0..7), R_s random.
     Cameras in params.json: x_cam = R x_sfm + t (OpenCV axes, SfM units).
 
-Layout written (see /work/shared/datasets.md)::
+Layout written (the real layout is described in docs/datasets.md)::
 
     <out>/fsmview_trainset/<id>/<k>_<name>.ply
     <out>/fsmview_trainset/<id>/<k>_<name>/<view>.jpg, params.json
@@ -34,8 +34,9 @@ from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
-from p3dmm.flame.mesh import save_mesh
+from p3dmm.flame.mesh import drop_unused_vertices, face_normals_np, save_mesh
 from p3dmm.flame.render import render_shaded
+from p3dmm.flame.similarity import Similarity
 from p3dmm.pipeline.render.photos import undistort_points
 from p3dmm.pipeline.synth.scans import posed_truth, sample_params, skin_colors, write_truth
 
@@ -72,14 +73,14 @@ def distort_image(image: np.ndarray, K: np.ndarray, dist: Sequence[float], fill:
     return out
 
 
-def orbit_cameras(center: np.ndarray, yaws_deg: np.ndarray, distance: float, fov_deg: float,
+def orbit_cameras(center: np.ndarray, yaws_deg: np.ndarray, distance_m: float, fov_deg: float,
                   image_size: tuple[int, int], rng: np.random.Generator) -> Cameras:
     """float64 cameras around ``center`` (FLAME frame, metres) at the given yaws, small random pitch,
     looking at the face (+z side); image_size is (H, W)."""
     yaw = np.radians(yaws_deg)
     pitch = np.radians(rng.uniform(-10, 10, len(yaw)))
     offsets = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
-    eye = torch.as_tensor(center[None] + distance * offsets)
+    eye = torch.as_tensor(center[None] + distance_m * offsets)
     target = torch.as_tensor(np.broadcast_to(center, eye.shape).copy())
     up = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand_as(eye)
     R, t = look_at(eye, target, up)
@@ -95,7 +96,7 @@ def mvs_mesh(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
     """A raw-looking MVS reconstruction of a head (metres in, metres out): the back of the head dropped
     (no cameras see it), re-triangulated (two subdivisions, vertices shuffled), noisy, with holes and
     a few clutter pieces (a backdrop patch and floating specks)."""
-    normals = trimesh.Trimesh(verts, faces, process=False).face_normals
+    normals = face_normals_np(verts, faces)
     faces = faces[normals[:, 2] > -0.35]
     v, f = trimesh.remesh.subdivide(verts, faces)
     v, f = trimesh.remesh.subdivide(v, f)
@@ -123,10 +124,7 @@ def mvs_mesh(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator,
     specks_f = np.arange(15).reshape(5, 3)
     all_v = np.concatenate([v, patch, specks.reshape(-1, 3)])
     all_f = np.concatenate([f, patch_f + len(v), specks_f + len(v) + len(patch)])
-    used = np.unique(all_f)
-    remap = np.full(len(all_v), -1)
-    remap[used] = np.arange(len(used))
-    return all_v[used], remap[all_f]
+    return drop_unused_vertices(all_v, all_f)
 
 
 def random_sfm_transform(rng: np.random.Generator, verts_mm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -141,6 +139,13 @@ def random_sfm_transform(rng: np.random.Generator, verts_mm: np.ndarray) -> tupl
 
 
 # -- the writer --------------------------------------------------------------------------------------
+
+
+def write_synthetic(out: str | os.PathLike, assets: FlameAssets, *, subjects: int, expressions: int,
+                    seed: int) -> list[str]:
+    """The dataset registry's uniform writer: subjects 1..N with expressions k = 1..M."""
+    return write_facescape_mview(out, assets, list(range(1, subjects + 1)), list(range(1, expressions + 1)),
+                                 seed=seed)
 
 
 def write_facescape_mview(
@@ -190,24 +195,25 @@ def write_facescape_mview(
             s, rot_s, t_s = random_sfm_transform(rng, truth * 1000.0)
             folder = root / str(int(sid))
             (folder / tuple_name).mkdir(parents=True, exist_ok=True)
-            save_mesh(folder / f"{tuple_name}.ply", ((raw_m * 1000.0 - t_s) @ rot_s) / s, raw_f)  # x_sfm
+            sfm_to_mm = Similarity(s, rot_s, t_s)  # x_tu (mm) = s x_sfm @ R_s^T + t_s
+            save_mesh(folder / f"{tuple_name}.ply", sfm_to_mm.invert_points(raw_m * 1000.0), raw_f)  # x_sfm
             rt_dict.setdefault(str(int(sid)), {})[str(int(k))] = [
                 s, np.concatenate([rot_s, t_s[:, None]], axis=1).tolist()
             ]
-            _write_photos(folder / tuple_name, truth, assets, colors, s, rot_s, t_s, views, image_size, rng)
+            sfm_to_flame = Similarity(s / 1000.0, rot_s, t_s / 1000.0)  # x_flame (m) from x_sfm
+            _write_photos(folder / tuple_name, truth, assets, colors, sfm_to_flame, views, image_size, rng)
             ids.append(scan_id)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "Rt_scale_dict.json").write_text(json.dumps(rt_dict))
     return ids
 
 
-def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: np.ndarray, s: float,
-                  rot_s: np.ndarray, t_s: np.ndarray, views: int, image_size: tuple[int, int],
-                  rng: np.random.Generator) -> None:
+def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: np.ndarray,
+                  sfm_to_flame: Similarity, views: int, image_size: tuple[int, int], rng: np.random.Generator) -> None:
     """Render ``views`` distorted photos of the truth mesh and write params.json in SfM units."""
     centre = truth.mean(axis=0) + np.array([0.0, 0.0, 0.03])
     yaws = np.linspace(-60.0, 60.0, views)
-    cams = orbit_cameras(centre, yaws, distance=0.7, fov_deg=26.0, image_size=image_size, rng=rng)
+    cams = orbit_cameras(centre, yaws, distance_m=0.7, fov_deg=26.0, image_size=image_size, rng=rng)
     params: dict[str, object] = {}
     for v in range(views):
         K = cams.K[v].numpy()
@@ -217,10 +223,8 @@ def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: 
         image = render_shaded(truth, assets.model.faces, cams[v], colors, background=BACKGROUND)
         image = distort_image(image, K, dist, BACKGROUND)
         Image.fromarray(image).save(folder / f"{v}.jpg", quality=92)
-        # x_cam (metres) = R_c x_flame + t_c with x_flame = (R_s s x_sfm + t_s) / 1000; divide the camera
-        # frame by s/1000 (projection is unchanged) to get a rigid SfM camera in SfM units.
-        R = R_c @ rot_s
-        t = (R_c @ t_s / 1000.0 + t_c) * 1000.0 / s
+        # x_cam (metres) = R_c x_flame + t_c with x_flame = (R_s s x_sfm + t_s) / 1000: a rigid SfM camera
+        R, t = sfm_to_flame.camera_in_source(R_c, t_c)
         K4 = np.eye(4)
         K4[:3, :3] = K
         params[f"{v}_K"] = K4.tolist()

@@ -12,6 +12,7 @@ import trimesh
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.pipeline.synth import scans as ss
 
@@ -53,7 +54,7 @@ def write_generic(
             else:
                 data = trimesh.PointCloud(sv).export(file_type="ply")
                 atomic_write(out / f"{name}.ply", data if isinstance(data, bytes) else data.encode())
-            lmk = ss.landmarks_from_vertices(assets, truth)
+            lmk = frontal_landmarks(assets, truth)
             if kind != "mesh_obj":
                 buffer = io.BytesIO()
                 np.save(buffer, lmk + rng.normal(0.0, landmark_noise_m / np.sqrt(3), lmk.shape))

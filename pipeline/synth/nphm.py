@@ -16,6 +16,7 @@ import numpy as np
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.pipeline.synth import scans as ss
 
@@ -118,6 +119,6 @@ def write_nphm(
             _save_npy(folder / "R.npy", _random_rotation(rng))
             _save_npy(folder / "t.npy", rng.normal(0.0, 0.05, 3))
             scan_id = f"nphm/{sid:03d}/{eid:03d}"
-            ss.write_truth(out, scan_id, truth, 1.0, params, ss.landmarks_from_vertices(assets, truth))
+            ss.write_truth(out, scan_id, truth, 1.0, params, frontal_landmarks(assets, truth))
             ids.append(scan_id)
     return ids

@@ -27,6 +27,8 @@ import trimesh
 
 from p3dmm.flame.assets import FlameAssets
 from p3dmm.flame.atomic import atomic_write
+from p3dmm.flame.landmarks import frontal_landmarks
+from p3dmm.flame.mesh import drop_unused_vertices, vertex_normals_np
 from p3dmm.flame.model import FLAME
 
 TRUTH_DIR = "_truth"
@@ -80,34 +82,6 @@ def posed_truth(assets: FlameAssets, params: dict[str, np.ndarray]) -> np.ndarra
     return out.vertices[0].numpy().astype(np.float64)
 
 
-def landmarks_from_vertices(assets: FlameAssets, vertices: np.ndarray) -> np.ndarray:
-    """The 68 frontal iBUG landmarks of a FLAME-topology mesh (``full_faces`` / ``full_bary``).
-
-    Args:
-        vertices: (V, 3) any units and frame; the result is in the same.
-
-    Returns:
-        (68, 3) float64.
-    """
-    if assets.landmarks is None:
-        raise ValueError("landmarks_from_vertices: these FLAME assets have no landmark embedding")
-    emb = assets.landmarks
-    tri = vertices[assets.model.faces[emb.full_faces]]  # (68, 3, 3)
-    return np.einsum("lk,lkc->lc", np.asarray(emb.full_bary, dtype=np.float64), tri)
-
-
-def vertex_normals_np(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """(V, 3) area-weighted unit vertex normals (zero for unused vertices)."""
-    cross = np.cross(
-        vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]
-    )
-    acc = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(acc, faces[:, k], cross)
-    norm = np.linalg.norm(acc, axis=1, keepdims=True)
-    return acc / np.maximum(norm, 1e-12)
-
-
 def add_detail(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -136,14 +110,6 @@ def add_detail(
     d2 = ((vertices[:, None, :] - centres[None]) ** 2).sum(-1)  # (V, n_bumps)
     height = (amp[None] * np.exp(-0.5 * d2 / rad[None] ** 2)).sum(1)
     return vertices + normals * height[:, None]
-
-
-def _compact(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop vertices no face uses and renumber faces."""
-    used = np.unique(faces)
-    remap = np.full(len(vertices), -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return vertices[used], remap[faces]
 
 
 def subdivide_until(
@@ -187,7 +153,7 @@ def dense_scan(
         bad = np.zeros(len(vertices), dtype=bool)
         bad[exclude_vertices] = True
         faces = faces[~bad[faces].any(axis=1)]
-    verts, faces = _compact(vertices, faces)
+    verts, faces = drop_unused_vertices(vertices, faces)
     verts, faces = subdivide_until(verts, faces, target_faces)
     verts = verts + rng.normal(0.0, noise_m / np.sqrt(3.0), verts.shape)
     if n_holes:
@@ -196,7 +162,7 @@ def dense_scan(
         centroid = verts[faces].mean(axis=1)
         cut = (np.linalg.norm(centroid[:, None] - centres[None], axis=-1) < radii[None]).any(axis=1)
         faces = faces[~cut]
-    verts, faces = _compact(verts, faces)
+    verts, faces = drop_unused_vertices(verts, faces)
     perm = rng.permutation(len(verts))
     inverse = np.empty_like(perm)
     inverse[perm] = np.arange(len(perm))
@@ -269,7 +235,7 @@ def add_clutter(
             wave = rng.normal(size=3)
             thickness = 0.015 + 0.01 * np.tanh(truth_vertices @ wave / 0.05)
             lifted = truth_vertices + normals * thickness[:, None]
-            hv, hf = _compact(lifted, hair_faces)
+            hv, hf = drop_unused_vertices(lifted, hair_faces)
             hv, hf = trimesh.remesh.subdivide(hv, hf)
             parts_v.append(np.asarray(hv))
             parts_f.append(np.asarray(hf) + count)
@@ -376,7 +342,7 @@ def scan_albedo(assets: FlameAssets, truth: np.ndarray, points: np.ndarray, rng:
 
     skin = skin_colors(assets, truth, rng)
     if assets.landmarks is not None:
-        brows = landmarks_from_vertices(assets, truth)[17:27]
+        brows = frontal_landmarks(assets, truth)[17:27]
         d_brow, _ = cKDTree(brows).query(truth)
         skin[d_brow < 0.007] *= 0.55
     _, nearest = cKDTree(truth).query(points)

@@ -14,8 +14,9 @@ from PIL import Image
 
 from p3dmm.cli import main
 from p3dmm.fitting.error_maps import COLORMAP, LEGEND_HEIGHT, SCALE_MM
-from p3dmm.fitting.evaluate import MAP_SIZE, NOW_IBUG, evaluate_dir, flame_landmarks, write_report
+from p3dmm.fitting.evaluate import MAP_SIZE, NOW_IBUG, evaluate_dir, write_report
 from p3dmm.flame.files import load_assets
+from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.flame.model import FLAME
 
@@ -59,7 +60,7 @@ def test_eval_table_and_page(synthetic, tmp_path, capsys):
     sub_v, sub_f = trimesh.remesh.subdivide(truth, faces)
     _write_fit(pred, "other", truth, faces)
     save_mesh(gt / "other.ply", np.asarray(sub_v), np.asarray(sub_f))
-    np.save(gt / "other.landmarks.npy", flame_landmarks(synthetic.assets, truth))
+    np.save(gt / "other.landmarks.npy", frontal_landmarks(synthetic.assets, truth))
 
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--flame", str(synthetic.dir)]) == 0
     assert "report:" in capsys.readouterr().out
@@ -100,7 +101,7 @@ def test_error_map_is_warm_where_the_fit_is_wrong(synthetic, tmp_path):
     """A patch of the subject's left cheek pushed out by 4 mm: in the front view (subject's left on the image's
     right, eyes above mouth) that patch, and only it, reads millimetres; an exact fit reads ~0 everywhere."""
     faces, truth = synthetic.faces, synthetic.truth
-    lmk = flame_landmarks(synthetic.assets, truth)
+    lmk = frontal_landmarks(synthetic.assets, truth)
     cheek = (lmk[45] + lmk[54]) / 2 + np.array([0.01, 0.0, 0.0])  # between left eye corner and mouth corner
     patch = synthetic.face & (np.linalg.norm(truth - cheek, axis=1) < 0.025)
     bumped = truth.copy()
@@ -138,7 +139,7 @@ def _now_scan(synthetic):
     vertices = np.concatenate([np.asarray(sub_v)[used], np.asarray(blob.vertices) + np.array([0.0, -0.25, 0.0])])
     scan = trimesh.Trimesh(vertices, np.concatenate([remap[sub_f], np.asarray(blob.faces) + len(used)]),
                            process=False)
-    return scan, flame_landmarks(synthetic.assets, truth)[list(NOW_IBUG)]
+    return scan, frontal_landmarks(synthetic.assets, truth)[list(NOW_IBUG)]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """`p3dmm fit --shards`: held-out views with their ground truth, shared identity per subject, the
-mean-shape baseline, and `p3dmm eval` on the exported truth."""
+mean-shape baseline, `p3dmm eval` on the exported truth, and the truth of a scan in its own frame."""
 
 from __future__ import annotations
 
@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from p3dmm.cli import main
+from p3dmm.fitting.shard_inputs import export_split
 from p3dmm.flame.cameras import Cameras
 from p3dmm.flame.files import load_assets
-from p3dmm.flame.mesh import load_mesh
+from p3dmm.flame.mesh import load_mesh, save_mesh
+from p3dmm.flame.model import FLAME
 from p3dmm.flame.render import RayCaster
+from p3dmm.flame.rotations import axis_angle_to_matrix
+from p3dmm.flame.similarity import Similarity
+from p3dmm.pipeline.datasets import reader
+from p3dmm.pipeline.jobs.render import RenderConfig, run_render
+from p3dmm.pipeline.registered import output_name, write_registered
 from p3dmm.pipeline.shards.reader import iter_samples, shard_paths
 from p3dmm.training.export import save_priors
 from p3dmm.training.network import NetworkConfig, PriorNet
@@ -87,3 +94,56 @@ def test_missing_split_is_a_clear_error(setup, capsys):
     root, flame = setup
     assert _fit(root, flame, root / "nosplit", "--split", "test") != 0
     assert "no shards of split 'test'" in capsys.readouterr().err
+
+
+def _registered_in_own_frame(root, flame_dir) -> tuple:
+    """A generic scan stored in its own frame (x1.7, rotated, moved) and its registration: FLAME vertices
+    `x` of known parameters, written as the scan-frame registration y = 1.7 x R^T + t. Built by hand (no
+    fit), so the FLAME-frame truth is known exactly."""
+    assets = load_assets(flame_dir)
+    rng = np.random.default_rng(5)
+    pose = np.zeros(15)
+    pose[[0, 1, 6]] = [0.1, -0.15, 0.2]  # global pitch, yaw, an open jaw
+    params = {"shape": rng.normal(0, 1, assets.model.num_shape), "expression": rng.normal(0, 1, assets.model.num_expression),
+              "pose": pose, "translation": np.array([0.004, -0.002, 0.003])}
+    flame = FLAME(assets, dtype=torch.float64)
+    with torch.no_grad():
+        x = flame(**{k: torch.tensor(v)[None] for k, v in params.items()}).vertices[0].numpy()
+    to_scan = Similarity(1.7, axis_angle_to_matrix(torch.tensor([0.3, 1.2, -0.4], dtype=torch.float64)).numpy(),
+                         np.array([0.2, -0.1, 0.5]))
+    save_mesh(root / "scans" / "head.ply", to_scan.apply(x), assets.model.faces)
+    record = next(reader("generic").iter_records(root / "scans"))
+    (root / "reg").mkdir()
+    (root / "reg" / "job.json").write_text(json.dumps({"source": "generic", "flame_dir": str(flame_dir)}))
+    write_registered(root / "reg" / "registered" / f"{output_name(record.scan_id)}.npz", record, to_scan.apply(x),
+                     accepted=True, reason=None, metrics={},
+                     params={**params, "scale": to_scan.scale, "rotation": to_scan.rotation,
+                             "similarity_translation": to_scan.translation})
+    return x, assets.model.faces
+
+
+def test_posed_truth_is_in_the_frame_of_the_targets_when_the_scan_has_its_own(tmp_path, flame_1000):
+    """Issue 12: a registration whose similarity is not the identity (FaceScape's scale, a generic scan in its
+    own frame). The targets and cameras are FLAME-frame, and so must the exported posed truth be: it lands on
+    the rendered mask at the rendered depth, and differs from the neutral truth by pose, not by a scale."""
+    (tmp_path / "scans").mkdir()
+    flame_vertices, _ = _registered_in_own_frame(tmp_path, flame_1000)
+    run_render([tmp_path / "reg"], tmp_path / "shards", RenderConfig(views=2, size=48, val_fraction=0.0),
+               num_cpus=1, progress=False)
+    _, gt, subjects = export_split(tmp_path / "shards", "train", tmp_path / "inputs", flame_1000)
+    samples = list(iter_samples(shard_paths(tmp_path / "shards", "train")))
+    assert sorted(json.loads(subjects.read_text())) == sorted(s.key for s in samples) and len(samples) == 2
+    for sample in samples:
+        posed, faces = load_mesh(gt / f"{sample.key}.posed.ply")
+        neutral, _ = load_mesh(gt / f"{sample.key}.neutral.ply")
+        error = np.abs(posed - flame_vertices).max()
+        assert error < 1e-5, f"posed truth {error:.3g} m off the registration in the FLAME frame"
+        cam = sample.meta["camera"]
+        hits = RayCaster(posed, faces).cast(Cameras(K=torch.tensor(cam["K"])[None], R=torch.tensor(cam["R"])[None],
+                                                    t=torch.tensor(cam["t"])[None], image_size=tuple(cam["size"])))
+        drawn, stored = hits.face_id >= 0, sample.mask
+        assert (drawn & stored).sum() / (drawn | stored).sum() > 0.95
+        both = drawn & stored
+        assert np.median(np.abs(hits.depth[both] - sample.depth[both])) < 5e-4  # metres; depth.png holds 0.1 mm
+        spread = [np.sqrt(((v - v.mean(axis=0)) ** 2).sum(axis=1).mean()) for v in (posed, neutral)]
+        assert abs(spread[0] / spread[1] - 1) < 0.05 and np.linalg.norm(posed.mean(0) - neutral.mean(0)) < 0.02

@@ -27,7 +27,8 @@ from p3dmm.flame.assets import (
     LandmarkEmbedding,
     UVLayout,
 )
-from p3dmm.flame.legacy_pickle import (
+from p3dmm.flame.pickle_reader import load_torch_legacy_storage, safe_load_bytes
+from p3dmm.flame.pickle_writer import (
     Global,
     PersistentId,
     Reduce,
@@ -36,7 +37,6 @@ from p3dmm.flame.legacy_pickle import (
     torch_legacy_storage_blob,
     torch_tensor_node,
 )
-from p3dmm.flame.safe_pickle import load_torch_legacy_storage, safe_load_bytes
 
 V, F, K = 60, 100, 400
 

@@ -18,7 +18,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets, FlameModelData, LandmarkEmbedding
-from p3dmm.flame.landmarks import dynamic_row, landmarks_from_barycentric
+from p3dmm.flame.landmarks import dynamic_row, frontal_landmarks, landmarks_from_barycentric
 from p3dmm.flame.model import FLAME, FlameOutput, load_flame
 from p3dmm.flame.rotations import (
     axis_angle_to_matrix,
@@ -272,6 +272,20 @@ def test_landmarks_from_barycentric_checks_shapes() -> None:
     faces = torch.as_tensor(ASSETS.model.faces)
     with pytest.raises(ValueError, match=r"expected face_idx \(B=2, L\)"):
         landmarks_from_barycentric(verts, faces, torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 4, 3))
+
+
+def test_frontal_landmarks_are_the_full_embedding_in_numpy() -> None:
+    """frontal_landmarks (numpy, one mesh) = sum_k full_bary[l, k] v[faces[full_faces[l], k]]: the numbers the
+    copies in pipeline/synth and fitting/evaluate computed, in the dtype of the vertices."""
+    verts = np.random.default_rng(5).normal(size=(NUM_VERTS, 3))
+    lmk = ASSETS.landmarks
+    expected = np.einsum("lk,lkc->lc", lmk.full_bary.astype(np.float64), verts[ASSETS.model.faces[lmk.full_faces]])
+    got = frontal_landmarks(ASSETS, verts)
+    assert got.shape == (68, 3) and got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, atol=1e-14)
+    assert frontal_landmarks(ASSETS, verts.astype(np.float32)).dtype == np.float32
+    with pytest.raises(ValueError, match="no landmark embedding"):
+        frontal_landmarks(FlameAssets(model=ASSETS.model), verts)
 
 
 # ---------------------------------------------------------------- construction, sizes, errors

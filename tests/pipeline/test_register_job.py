@@ -17,7 +17,7 @@ import trimesh
 from p3dmm.cli import main
 from p3dmm.flame.files import load_assets
 from p3dmm.flame.synth import write_synthetic_flame
-from p3dmm.pipeline.synth import write_layout
+from p3dmm.pipeline.datasets import write_synthetic
 
 FAST = json.dumps({"fit_iterations": 120, "align_candidates": 8})
 
@@ -28,7 +28,7 @@ def dataset(tmp_path_factory):
     flame = root / "flame"
     write_synthetic_flame(flame, n_vertices=1000, seed=2)
     data = root / "generic"
-    write_layout("generic", data, load_assets(flame), subjects=2, expressions=1, seed=3)
+    write_synthetic("generic", data, load_assets(flame), subjects=2, expressions=1, seed=3)
     return flame, data
 
 
@@ -112,3 +112,28 @@ def test_two_node_ray_cluster_runs_the_job(dataset, tmp_path):
         assert len(ids) == 2 and len(set(ids)) == 2
     finally:
         cluster.shutdown()
+
+
+def test_settings_typo_stops_before_any_scan(dataset, tmp_path, capsys):
+    """A typo in --registration is our settings, not bad data: the command stops at once with the key
+    named, writes nothing, and the corrected rerun into the same folder registers every scan."""
+    flame, data = dataset
+    out = tmp_path / "out"
+    argv = ["register", "--source", "generic", "--root", str(data), "--flame", str(flame), "--out", str(out),
+            "--num-cpus", "2", "--progress", "false", "--registration"]
+    assert main([*argv, json.dumps({"fit_iterationz": 3})]) == 2
+    err = capsys.readouterr().err
+    assert "--registration: unknown key(s) 'fit_iterationz'" in err and "fit_iterations" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert main([*argv, json.dumps({"align_candidates": "eight"})]) == 2
+    assert "--registration.align_candidates: expected int, got 'eight'" in capsys.readouterr().err
+    assert main([*argv, FAST, "--limit", "1"]) == 0
+    assert "0 already finished, 1 run" in capsys.readouterr().out
+
+
+def test_missing_reader_option_is_named_before_any_work(dataset, tmp_path, capsys):
+    flame, data = dataset
+    assert main(["register", "--source", "ava256", "--root", str(data), "--flame", str(flame),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "dataset ava256 needs source option(s) topology" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -27,14 +27,14 @@ def shards(tmp_path_factory):
     """Two generic subjects (rendered views) and one Ava256 frame (rendered + photo views), registered
     for real, rendered at 48 px into shards of 3 samples."""
     from p3dmm.flame.files import load_assets
-    from p3dmm.pipeline.synth import write_layout
+    from p3dmm.pipeline.datasets import write_synthetic
     from p3dmm.pipeline.synth.ava256 import write_ava256
 
     root = tmp_path_factory.mktemp("shards")
     flame = root / "flame"
     write_synthetic_flame(flame, n_vertices=1000, seed=2)
     assets = load_assets(flame)
-    write_layout("generic", root / "generic", assets, subjects=2, expressions=1, seed=3)
+    write_synthetic("generic", root / "generic", assets, subjects=2, expressions=1, seed=3)
     write_ava256(root / "ava256", assets, subjects=["AAA111"], frames=1, seed=2, cameras=3, image_downscale=8)
     for source, options in (("generic", {}),
                             ("ava256", {"topology": str(root / "ava256" / "assets" / "face_topology.obj")})):

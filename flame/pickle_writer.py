@@ -15,7 +15,7 @@ Three dialects are supported, each chosen to match what the original tooling wro
 - protocol 2 or 3 with Python-3 strings (`BINUNICODE`, `BINBYTES`): `landmark_embedding.npy` and
   the legacy `torch.save` blob of its tensors.
 
-The layouts reproduced here are those of the FLAME format notes (flame-format.md §1.2, §1.4, §2).
+The layouts reproduced here are those of the FLAME format notes (docs/flame-files.md §1.2, §1.4, §2).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `pickle.load` on a downloaded file runs whatever the file names (`os.system`, `eval`, ...). The
 official FLAME files name only a handful of globals (numpy arrays and dtypes, chumpy's `Ch`, old
 scipy's `csc_matrix`, `set`, and for `landmark_embedding.npy` legacy torch tensors). This module
-admits exactly those (flame-format.md §3), each mapped to a *local* object: chumpy, torch and the
+admits exactly those (docs/flame-files.md §3), each mapped to a *local* object: chumpy, torch and the
 deprecated numpy/scipy modules are never imported. Every other global, from any opcode route (GLOBAL,
 STACK_GLOBAL, INST, OBJ, EXT all go through `find_class`), and every top-level persistent id is refused
 with a :class:`FlameFileError` before anything is called.
@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse
 
 from p3dmm.flame.assets import FlameFileError
-from p3dmm.flame.legacy_pickle import TORCH_LEGACY_MAGIC, TORCH_LEGACY_PROTOCOL
+from p3dmm.flame.pickle_writer import TORCH_LEGACY_MAGIC, TORCH_LEGACY_PROTOCOL
 
 __all__ = [
     "RestrictedUnpickler",
@@ -280,7 +280,7 @@ def _make_rebuild_tensor(path: str) -> Callable[..., np.ndarray]:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals of the official FLAME files (flame-format.md §3).
+    """Unpickler that resolves only the globals of the official FLAME files (docs/flame-files.md §3).
 
     Args:
         file: binary stream.
@@ -370,7 +370,7 @@ def load_torch_legacy_storage(blob: bytes, path: str | os.PathLike) -> np.ndarra
     """Parse a pre-zip `torch.save` blob of one typed storage into a 1-D little-endian array.
 
     Layout: pickles of the magic number, protocol version 1001 and sys_info, the storage as a
-    persistent id, the key list; then int64 numel and the raw data (flame-format.md §1.4).
+    persistent id, the key list; then int64 numel and the raw data (docs/flame-files.md §1.4).
     """
     stream = io.BytesIO(blob)
     try:

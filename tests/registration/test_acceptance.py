@@ -1,0 +1,82 @@
+"""`acceptance`: each rule of the config, in order, as a pure function of the metrics (no registration run)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from p3dmm.registration.config import RegistrationConfig
+from p3dmm.registration.register import acceptance
+
+CONFIG = RegistrationConfig()
+
+# a good registration, measured on a synthetic head (tests/registration/test_register.py, seed 1)
+GOOD = {
+    "mean_mm": 0.27, "median_mm": 0.23, "p95_mm": 0.69, "n_points": 7026, "fit_median_mm": 0.32,
+    "fit_p95_mm": 0.88, "offset_p95_mm": 1.6, "coverage": 0.98, "scale_change": 1.0,
+    "align_score_mm": float("nan"), "t_total_s": 1.0,
+}
+
+# (metric, a value that breaks its rule under the default config, the reason it gives)
+BROKEN = [
+    ("scale_change", 0.5, "fitted scale changed by 0.5 (outside [0.7, 1.4]): not a head at this size"),
+    ("scale_change", 1.5, "fitted scale changed by 1.5 (outside [0.7, 1.4]): not a head at this size"),
+    ("fit_median_mm", 3.25, "FLAME fit median 3.25 mm > 3.0 mm: FLAME cannot explain the scan"),
+    ("fit_p95_mm", 5.15, "FLAME fit p95 5.15 mm > 4.0 mm: FLAME cannot explain the scan"),
+    ("coverage", 0.44, "coverage 0.44 < 0.8: scan misses much of the face"),
+    ("median_mm", 1.75, "median 1.75 mm > 1.5 mm"),
+    ("p95_mm", 5.5, "p95 5.5 mm > 5.0 mm"),
+    ("offset_p95_mm", 6.3, "NICP offsets p95 6.3 mm > 6.0 mm"),
+]
+RULE_ORDER = ["scale_change", "fit_median_mm", "fit_p95_mm", "coverage", "median_mm", "p95_mm", "offset_p95_mm"]
+
+
+def test_good_metrics_are_accepted():
+    assert acceptance(GOOD, CONFIG) is None
+    assert acceptance(GOOD, CONFIG, finite=True) is None
+
+
+def test_limits_themselves_are_accepted():
+    lo, hi = CONFIG.scale_range
+    at_limits = {
+        **GOOD, "fit_median_mm": CONFIG.max_fit_median_mm, "fit_p95_mm": CONFIG.max_fit_p95_mm,
+        "coverage": CONFIG.min_coverage, "median_mm": CONFIG.max_median_mm, "p95_mm": CONFIG.max_p95_mm,
+        "offset_p95_mm": CONFIG.max_offset_p95_mm,
+    }
+    assert acceptance({**at_limits, "scale_change": lo}, CONFIG) is None
+    assert acceptance({**at_limits, "scale_change": hi}, CONFIG) is None
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), BROKEN, ids=[f"{k}={v}" for k, v, _ in BROKEN])
+def test_each_rule_rejects_with_its_message(key, value, reason):
+    assert acceptance({**GOOD, key: value}, CONFIG) == reason
+
+
+@pytest.mark.parametrize("key", RULE_ORDER)
+def test_nan_metric_is_rejected(key):
+    reason = acceptance({**GOOD, key: math.nan}, CONFIG)
+    assert reason is not None and "nan" in reason
+
+
+def test_non_finite_vertices_come_first():
+    worst = {**GOOD, **{key: value for key, value, _ in BROKEN}}
+    assert acceptance(GOOD, CONFIG, finite=False) == "registration has non-finite vertices"
+    assert acceptance(worst, CONFIG, finite=False) == "registration has non-finite vertices"
+
+
+def test_first_broken_rule_is_the_reason():
+    # break every rule from the last one up: the reason is always the earliest rule still broken
+    broken = dict(GOOD)
+    for key in reversed(RULE_ORDER):
+        value, reason = next((v, r) for k, v, r in BROKEN if k == key)
+        broken[key] = value
+        assert acceptance(broken, CONFIG) == reason
+
+
+def test_thresholds_come_from_the_config():
+    loose = RegistrationConfig(max_median_mm=2.0, max_fit_p95_mm=6.0, min_coverage=0.4, scale_range=(0.4, 1.6))
+    for key, value, _ in BROKEN:
+        if key in ("median_mm", "fit_p95_mm", "coverage", "scale_change"):
+            assert acceptance({**GOOD, key: value}, loose) is None, key
+    assert acceptance({**GOOD, "median_mm": 2.5}, loose) == "median 2.5 mm > 2.0 mm"
