@@ -39,6 +39,19 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def require_file(path: str | os.PathLike, error: type[ValueError] = MeshError) -> Path:
+    """`path` as a Path when it is a non-empty regular file, else `error` naming it and the problem (the
+    check every mesh and scan reader makes before handing a file to a parser)."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{path}: no such file")
+    if not p.is_file():
+        raise error(f"{path}: not a regular file")
+    if p.stat().st_size == 0:
+        raise error(f"{path}: empty file (0 bytes)")
+    return p
+
+
 def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a triangle mesh as stored in the file (PLY, OBJ, or anything trimesh reads).
 
@@ -54,13 +67,7 @@ def load_mesh(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         MeshError: missing file, empty file, unparsable or corrupt file, 0 vertices, 0 faces,
             non-finite coordinates, or face indices outside [0, V). The message starts with ``path``.
     """
-    p = Path(path)
-    if not p.exists():
-        raise MeshError(f"{path}: no such file")
-    if not p.is_file():
-        raise MeshError(f"{path}: not a regular file")
-    if p.stat().st_size == 0:
-        raise MeshError(f"{path}: empty file (0 bytes)")
+    p = require_file(path)
     try:
         # trimesh.load, not load_mesh: load_mesh turns a faceless file into an empty mesh, hiding
         # whether vertices were read at all.

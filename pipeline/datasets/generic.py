@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from p3dmm.flame.mesh import require_file
 from p3dmm.flame.scan import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
 
 DATASET = "generic"
@@ -65,11 +66,7 @@ def iter_records(
 
 def read_mesh_or_points(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     """(V, 3) float64 vertices in file order and (F, 3) int64 faces, or None for a point cloud."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScanError(f"{path}: no such file")
-    if p.stat().st_size == 0:
-        raise ScanError(f"{path}: empty file (0 bytes)")
+    p = require_file(path, ScanError)
     try:
         loaded = trimesh.load(str(p), process=False, maintain_order=True)
         if isinstance(loaded, trimesh.Scene):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from p3dmm.flame.mesh import require_file
 from p3dmm.flame.scan import ScanError, ScanGeometry, ScanRecord, check_geometry, check_head_size
 
 DATASET = "nphm"
@@ -76,11 +77,7 @@ def read_textured_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
     Returns:
         (V, 3) float64 in the file's units, (F, 3) int64, (F, 3, 2) float64 UVs or None.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ScanError(f"{path}: no such file")
-    if p.stat().st_size == 0:
-        raise ScanError(f"{path}: empty file (0 bytes)")
+    p = require_file(path, ScanError)
     try:
         with open(p, "rb") as handle:  # a file object: trimesh does not go looking for the texture
             mesh = trimesh.load(handle, file_type="ply", process=False)
