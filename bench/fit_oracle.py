@@ -1,4 +1,4 @@
-"""Oracle check of the fitting (work in progress, issue 7): ground-truth normal/UV maps as the cues.
+"""Oracle check of the fitting: ground-truth normal/UV maps as the cues.
 
     .venv/bin/python bench/fit_oracle.py FLAME_DIR [B=4] [RASTER=128] [STEPS=400] ['{"w_normal": 20}']
 

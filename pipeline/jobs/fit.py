@@ -125,7 +125,8 @@ def fit_images(images: str | os.PathLike, priors: str | os.PathLike, flame_dir: 
     from tqdm import tqdm
 
     config = config or FitConfig()
-    root, out = Path(images), Path(out)
+    # absolute paths: Ray actors on other nodes (or in another working folder) read and write them
+    root, out = Path(images).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     paths = list_images(root)
     box_table = read_boxes(boxes)
@@ -140,7 +141,7 @@ def fit_images(images: str | os.PathLike, priors: str | os.PathLike, flame_dir: 
         return summary
     labels = subject_labels(todo, root, subjects)
     batches = pack_batches(todo, labels, batch_size)
-    args = (str(priors), str(flame_dir), str(out), str(root), config, box_table, detect)
+    args = (str(Path(priors).resolve()), str(Path(flame_dir).resolve()), str(out), str(root), config, box_table, detect)
     start = time.perf_counter()
     bar = tqdm(total=len(todo), desc="fit", unit="img", disable=not progress, file=sys.stderr)
 
