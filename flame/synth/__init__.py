@@ -43,13 +43,20 @@ def vertex_uv(vt: np.ndarray, ft: np.ndarray, faces: np.ndarray, n_vertices: int
     return out
 
 
-def synthesize_flame(n_vertices: int = 5023, seed: int = 0) -> SyntheticFlame:
+IDENTITIES = ("easy", "flame")
+
+
+def synthesize_flame(n_vertices: int = 5023, seed: int = 0, identity: str = "easy") -> SyntheticFlame:
+    """identity: "easy" (default, a narrow identity spread: median 3.7 mm from the template) or
+    "flame" (real FLAME's spread: median about 11-12 mm); see docs/flame.md."""
+    if identity not in IDENTITIES:
+        raise ValueError(f"identity: expected one of {list(IDENTITIES)}, got {identity!r}")
     if n_vertices < 600:
         raise ValueError(f"n_vertices: need at least 600 for a recognisable head, got {n_vertices}")
     rng = np.random.default_rng(seed)
     anatomy = Anatomy().jittered(rng)
     head = build_head(anatomy, n_vertices)
-    shapedirs = shape_basis(head, rng)
+    shapedirs = shape_basis(head, rng, identity=identity)
     exprdirs, names = expression_basis(head, rng)
     j_reg = joint_regressor(head)
     model = FlameModelData(
@@ -66,12 +73,16 @@ def synthesize_flame(n_vertices: int = 5023, seed: int = 0) -> SyntheticFlame:
     return SyntheticFlame(assets=assets, head=head, expression_names=names)
 
 
-def write_synthetic_flame(out: str | os.PathLike, n_vertices: int = 5023, seed: int = 0) -> SyntheticFlame:
+def write_synthetic_flame(out: str | os.PathLike, n_vertices: int = 5023, seed: int = 0,
+                          identity: str = "easy") -> SyntheticFlame:
     """Write the official files (generic_model.pkl, landmark_embedding.npy, FLAME_masks.pkl,
-    head_template.obj) and `synthetic.json` (seed, size, expression names) into `out`."""
+    head_template.obj) and `synthetic.json` (seed, size, identity setting, expression names) into `out`.
+
+    The default "easy" identity writes `synthetic.json` without an "identity" key, so its bytes are the
+    ones written before the setting existed; "flame" records `"identity": "flame"`."""
     from p3dmm.flame.files import write_assets
 
-    synth = synthesize_flame(n_vertices, seed)
+    synth = synthesize_flame(n_vertices, seed, identity)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_assets(out, synth.assets)
@@ -81,6 +92,7 @@ def write_synthetic_flame(out: str | os.PathLike, n_vertices: int = 5023, seed: 
         "requested_vertices": n_vertices,
         "vertices": synth.assets.model.num_vertices,
         "faces": len(synth.assets.model.faces),
+        **({} if identity == "easy" else {"identity": identity}),
         "expression_names": synth.expression_names,
         "note": "Synthetic FLAME-format head: no licensed FLAME data is involved.",
     }

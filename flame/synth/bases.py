@@ -75,6 +75,43 @@ def identity_fields(head: HeadMesh) -> list[np.ndarray]:
     return f
 
 
+def large_identity_fields(head: HeadMesh) -> list[np.ndarray]:
+    """Head-scale identity fields (V, 3) for the "flame" setting, largest variation first.
+
+    Real FLAME's first components are global: overall size, head length, width and height, how far
+    the face stands out of the skull and sits on it, face length, jaw width, cranium height and the
+    back of the skull, tapers (a face narrower or wider than the cranium). These are those, as smooth
+    fields, so that a spread at real FLAME's scale comes from whole-head proportions, not from bumps;
+    two of them slide the face and the crown along the surface, as real FLAME's components do.
+    """
+    p = head.verts
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    zero = 0 * x
+    face = smoothstep((z - 0.0) / 0.06)
+    jaw = smoothstep((-y - 0.02) / 0.07) * smoothstep((z + 0.02) / 0.08)  # broad: no crease on the jaw line
+    cranium = smoothstep((y - 0.02) / 0.08)
+    back = smoothstep(-z / 0.08) * smoothstep((y + 0.04) / 0.06)
+    lower = smoothstep((-y - 0.0) / 0.08)
+    return [
+        p.copy(),  # overall size
+        np.stack([zero, zero, z], -1),  # head length (front to back)
+        np.stack([x, zero, zero], -1),  # width
+        np.stack([zero, y, zero], -1),  # height
+        face[:, None] * np.array([0, 0, 1.0]) * smoothstep((y + 0.12) / 0.04)[:, None],  # face protrusion
+        (face * smoothstep((y + 0.11) / 0.04))[:, None] * np.array([0, 1.0, 0]),  # face higher or lower
+        cranium[:, None] * np.array([0, 0, 1.0]),  # crown forward or back
+        np.stack([zero, np.minimum(y, 0.0) * face, zero], -1),  # face length
+        np.stack([x * jaw, zero, zero], -1),  # jaw width
+        np.stack([zero, cranium * (y - 0.02), zero], -1),  # cranium height
+        np.stack([zero, zero, back * z], -1),  # back of the skull
+        np.stack([x * y / 0.1, zero, zero], -1),  # taper: wider at the top or at the bottom
+        np.stack([x * z / 0.1, zero, zero], -1),  # taper: wider at the face or at the back
+        np.stack([x * lower * face, zero, zero], -1),  # lower face width (cheeks and jaw)
+        np.stack([zero, zero, y * face], -1),  # face slope: forehead forward, chin back or the reverse
+        (lower * face)[:, None] * np.array([0, 0, 1.0]),  # lower face (mouth and chin) forward
+    ]
+
+
 def expression_fields(head: HeadMesh) -> list[tuple[str, np.ndarray, float]]:
     """Named, localised expression fields (V, 3) with their peak displacement at +1 sigma (metres)."""
     p, a = head.verts, head.anatomy
@@ -176,18 +213,34 @@ def orthonormal(fields: list[np.ndarray], n: int) -> np.ndarray:
     return q.reshape(fields[0].shape[0], 3, n)
 
 
-def shape_basis(head: HeadMesh, rng: np.random.Generator, n: int = 300) -> np.ndarray:
-    """(V, 3, n): orthonormal identity directions times sigma, sigma decreasing (RMS 3 mm at k=1)."""
+IDENTITY_PROFILES = {"easy": (0.003, 1.0, 0.7), "flame": (0.0072, 15.0, 2.5)}
+"""Sigma profile per identity setting: (rms_1, knee, decay), the RMS displacement of component k being
+rms_1 · (1 + (k - 1) / knee)^-decay metres ("easy": 3 mm · k^-0.7; "flame": flat over the first
+~15 head-scale components, then falling fast so the small random fields stay sub-millimetre)."""
+
+
+def shape_basis(head: HeadMesh, rng: np.random.Generator, n: int = 300, identity: str = "easy") -> np.ndarray:
+    """(V, 3, n): orthonormal identity directions times sigma, sigma decreasing.
+
+    identity "easy" (the default): RMS 3 mm · k^-0.7, a narrow spread (median 3.7 mm from the template
+    with N(0, 1) on 100 components). "flame": head-scale fields first and a profile at real FLAME's
+    spread (median about 12 mm, p95 about 23 mm); see docs/flame.md.
+    """
+    if identity not in IDENTITY_PROFILES:
+        raise ValueError(f"identity: expected one of {sorted(IDENTITY_PROFILES)}, got {identity!r}")
     named = identity_fields(head)
     n_extra = n - len(named) + 20  # spares, in case some are dependent
     skin = head.eyeball == 0
     extra = random_fields(head, rng, n_extra // 2, skin) + random_fields(
         head, rng, n_extra - n_extra // 2, skin, symmetric=False
     )
+    if identity == "flame":
+        named = large_identity_fields(head) + named[5:]  # the easy list's first five are in the large ones
     fields = [rigid_eyeballs(head, f) for f in named + extra]
     basis = orthonormal(fields, n)
     k = np.arange(1, n + 1)
-    rms = 0.003 * k ** -0.7
+    rms_1, knee, decay = IDENTITY_PROFILES[identity]
+    rms = rms_1 * k ** -decay if knee == 1.0 else rms_1 * (1 + (k - 1) / knee) ** -decay
     return basis * (rms * np.sqrt(head.verts.shape[0]))[None, None]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse.typing import PositiveInt
 
@@ -65,10 +66,18 @@ def check(*, flame: Path | None = None) -> int:
             print("; template is not mirror-symmetric within 1 mm")
     else:
         print("uv: (absent)")
+    if m.num_shape:
+        from p3dmm.flame.spread import identity_spread_mm
+
+        k = min(100, m.num_shape)
+        median, p95 = identity_spread_mm(assets, n=k)
+        print(f"identity spread (shape ~ N(0, 1) on {k} components, skin vertices): median {median:.1f} mm, "
+              f"p95 {p95:.1f} mm from the template (real FLAME 2020: about 12 and 23 mm)")
     return 0
 
 
-def synth(*, out: Path, vertices: PositiveInt = 5023, seed: int = 0) -> int:
+def synth(*, out: Path, vertices: PositiveInt = 5023, seed: int = 0,
+          identity: Literal["easy", "flame"] = "easy") -> int:
     """Write a synthetic head in the official FLAME file formats (no licensed data).
 
     Args:
@@ -76,16 +85,19 @@ def synth(*, out: Path, vertices: PositiveInt = 5023, seed: int = 0) -> int:
             head_template.obj and synthetic.json into.
         vertices: approximate vertex count (FLAME has 5023; tests use 1000-2000).
         seed: random seed; the same seed and size give the same bytes.
+        identity: identity spread: "easy" (narrow, median 3.7 mm from the template) or "flame"
+            (real FLAME's scale, median about 11-12 mm); see docs/flame.md.
     """
     from p3dmm.flame.synth import write_synthetic_flame
 
     if vertices < 600:
         raise CommandError(f"--vertices must be at least 600 for a recognisable head, got {vertices}")
     start = time.perf_counter()
-    result = write_synthetic_flame(out, n_vertices=vertices, seed=seed)
+    result = write_synthetic_flame(out, n_vertices=vertices, seed=seed, identity=identity)
     m = result.assets.model
     print(f"wrote synthetic FLAME to {out}: {m.num_vertices} vertices, {len(m.faces)} faces, "
-          f"{m.num_shape}+{m.num_expression} components ({time.perf_counter() - start:.1f} s)")
+          f"{m.num_shape}+{m.num_expression} components, identity {identity} "
+          f"({time.perf_counter() - start:.1f} s)")
     return 0
 
 

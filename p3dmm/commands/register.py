@@ -14,7 +14,7 @@ Source = Literal[NAMES]  # the dataset registry's names
 
 
 def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subjects: PositiveInt = 2,
-                expressions: PositiveInt = 2, seed: int = 0) -> int:
+                expressions: PositiveInt = 2, seed: int = 0, stress: bool = False) -> int:
     """Write synthetic raw scans in a dataset's real layout, ground truth in OUT/_truth/.
 
     Args:
@@ -24,12 +24,14 @@ def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subject
         subjects: number of subjects (identities).
         expressions: expressions (or frames) per subject.
         seed: random seed; same seed, same data.
+        stress: the hard setting (hair, holes, unseen parts, torso bridge, fragments, strong poses; layouts
+            generic, nphm, facescape; docs/datasets.md "Stress setting").
     """
     from p3dmm.commands.flame import _load
     from p3dmm.pipeline.datasets import write_synthetic
 
     _, assets = _load(flame)
-    ids = write_synthetic(layout, out, assets, subjects=subjects, expressions=expressions, seed=seed)
+    ids = write_synthetic(layout, out, assets, subjects=subjects, expressions=expressions, seed=seed, stress=stress)
     print(f"wrote {len(ids)} synthetic {layout} scans to {out} (ground truth in {out / '_truth'})")
     return 0
 

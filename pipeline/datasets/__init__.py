@@ -31,6 +31,7 @@ class Dataset:
         synthetic_options: reader option -> path under a synthetic root of the file the writer puts where
             the real dataset keeps it.
         photos: the layout has calibrated photos (real views for the shards).
+        stress: its writer has the stress setting (`stress=True`: raw-scan-like, docs/datasets.md).
     """
 
     name: str
@@ -39,19 +40,21 @@ class Dataset:
     required_options: tuple[str, ...] = ()
     synthetic_options: dict[str, str] = field(default_factory=dict)
     photos: bool = False
+    stress: bool = False
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
-    Dataset("nphm", "p3dmm.pipeline.datasets.nphm", "p3dmm.pipeline.synth.nphm:write_nphm"),
+    Dataset("nphm", "p3dmm.pipeline.datasets.nphm", "p3dmm.pipeline.synth.nphm:write_nphm", stress=True),
     Dataset("facescape", "p3dmm.pipeline.datasets.facescape", "p3dmm.pipeline.synth.facescape:write_facescape",
-            synthetic_options={"landmark_indices": "landmark_indices.npz"}),
+            synthetic_options={"landmark_indices": "landmark_indices.npz"}, stress=True),
     Dataset("facescape-mview", "p3dmm.pipeline.datasets.facescape_mview",
             "p3dmm.pipeline.synth.facescape_mview:write_synthetic",
             synthetic_options={"rt_scale_dict": "Rt_scale_dict.json"}, photos=True),
     Dataset("ava256", "p3dmm.pipeline.datasets.ava256", "p3dmm.pipeline.synth.ava256:write_synthetic",
             required_options=("topology",), synthetic_options={"topology": "assets/face_topology.obj"},
             photos=True),
-    Dataset("generic", "p3dmm.pipeline.datasets.generic", "p3dmm.pipeline.synth.generic:write_generic"),
+    Dataset("generic", "p3dmm.pipeline.datasets.generic", "p3dmm.pipeline.synth.generic:write_generic",
+            stress=True),
 )}
 NAMES: tuple[str, ...] = tuple(DATASETS)
 
@@ -82,8 +85,15 @@ def reader_options(name: str, options: dict[str, Any], root: str | os.PathLike |
 
 
 def write_synthetic(name: str, out: str | os.PathLike, assets: Any, *, subjects: int, expressions: int,
-                    seed: int) -> list[str]:
-    """Write `subjects` x `expressions` synthetic scans of dataset `name` with ground truth; their ids."""
-    module, function = dataset(name).writer.split(":")
+                    seed: int, stress: bool = False) -> list[str]:
+    """Write `subjects` x `expressions` synthetic scans of dataset `name` with ground truth; their ids.
+    `stress`: the hard, raw-scan-like setting (docs/datasets.md, "Stress setting"); a ValueError for a
+    layout whose writer has none."""
+    entry = dataset(name)
+    if stress and not entry.stress:
+        raise ValueError(f"dataset {name} has no stress setting of its synthetic scans "
+                         f"(those that have: {', '.join(n for n, d in DATASETS.items() if d.stress)})")
+    module, function = entry.writer.split(":")
     write = getattr(importlib.import_module(module), function)
-    return list(write(out, assets, subjects=subjects, expressions=expressions, seed=seed))
+    options = {"stress": True} if stress else {}
+    return list(write(out, assets, subjects=subjects, expressions=expressions, seed=seed, **options))

@@ -21,6 +21,7 @@ from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.similarity import Similarity
 from p3dmm.pipeline.synth import scans as ss
+from p3dmm.pipeline.synth import stress as st
 
 EXPRESSIONS = (
     "neutral smile mouth_stretch anger jaw_left jaw_right jaw_forward mouth_left mouth_right dimpler "
@@ -104,6 +105,18 @@ def write_obj(
     atomic_write(path, ("\n".join(lines) + "\n").encode("ascii"))
 
 
+def _stress_obj(assets: FlameAssets, truth: np.ndarray, to_stored: Similarity, landmarks: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A stress scan of ``truth`` in the stored frame (metres as read), with 68 landmark slots first:
+    copies of the scan vertices nearest ``landmarks`` (used by no face), then the scan."""
+    from scipy.spatial import cKDTree
+
+    sv, sf = st.stress_scan(assets, truth, rng)
+    stored = to_stored.apply(sv)
+    _, near = cKDTree(stored).query(to_stored.apply(landmarks))
+    return np.concatenate([stored[near], stored]), sf + len(near)
+
+
 def write_facescape(
     out: str | os.PathLike,
     assets: FlameAssets,
@@ -113,6 +126,7 @@ def write_facescape(
     *,
     subdivisions: int = 2,
     image_size: int = 256,
+    stress: bool = False,
 ) -> list[str]:
     """Write a synthetic FaceScape TU dataset and its truth; returns ids ("facescape/1/1_neutral", ...).
 
@@ -121,6 +135,9 @@ def write_facescape(
         expressions: a count (the first names of :data:`EXPRESSIONS`) or explicit names from it.
         subdivisions: midpoint subdivisions of FLAME giving the TU topology (real TU: 26,317 vertices).
         image_size: side of the texture JPEG and the 16-bit displacement PNG.
+        stress: hard parameters, and each OBJ holds a raw-scan-like mesh (:mod:`p3dmm.pipeline.synth.stress`)
+            in its own topology instead of the shared TU mesh; its first 68 ``v`` lines are copies of the
+            scan vertices nearest the truth landmarks, so ``v10`` = 0..67 holds for every scan.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,21 +151,24 @@ def write_facescape(
     lmk_template = frontal_landmarks(assets, assets.model.v_template)
     tu_template = topo.vertices(assets.model.v_template)
     v10 = np.argmin(((tu_template[None] - lmk_template[:, None]) ** 2).sum(-1), axis=1).astype(np.int64)
+    if stress:
+        v10 = np.arange(68, dtype=np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, v10=v10)
     atomic_write(out / LANDMARK_FILE, buffer.getvalue())
 
     faces = assets.model.faces
     n_shape, n_expr = assets.model.num_shape, assets.model.num_expression
+    sample = st.stress_params if stress else ss.sample_params
     ids = []
     for sid in sids:
-        identity = ss.sample_params(rng, n_shape, n_expr)["shape"]
+        identity = sample(rng, n_shape, n_expr)["shape"]
         offset = rng.normal(0.0, 0.01, 3)
         (out / str(sid) / "models_reg").mkdir(parents=True, exist_ok=True)
         (out / str(sid) / "dpmap").mkdir(parents=True, exist_ok=True)
         for name in names:
             stem = f"{EXPRESSIONS.index(name) + 1}_{name}"
-            params = ss.sample_params(rng, n_shape, n_expr)
+            params = sample(rng, n_shape, n_expr)
             params["shape"] = identity
             if name == "neutral":
                 params["expression"][:] = 0.0
@@ -158,13 +178,14 @@ def write_facescape(
             ipd = np.linalg.norm(lmk[42:48].mean(0) - lmk[36:42].mean(0))
             to_stored = Similarity(IPD_MM / 1000.0 / ipd, np.eye(3), offset)
             stored = to_stored.apply(truth)  # metres as the adapter reports them (mm / 1000)
-            tu = topo.vertices(stored)
-            vt, ft = seam_uv(tu, topo.faces)
+            tu, tu_faces = _stress_obj(assets, truth, to_stored, lmk, rng) if stress else (
+                topo.vertices(stored), topo.faces)
+            vt, ft = seam_uv(tu, tu_faces)
             folder = out / str(sid) / "models_reg"
-            write_obj(folder / f"{stem}.obj", tu * 1000.0, topo.faces, vt, ft, f"{stem}.obj.mtl")
+            write_obj(folder / f"{stem}.obj", tu * 1000.0, tu_faces, vt, ft, f"{stem}.obj.mtl")
             atomic_write(folder / f"{stem}.obj.mtl", f"newmtl material_0\nmap_Kd {stem}.jpg\n".encode())
             albedo = ss.scan_albedo(assets, truth, to_stored.invert_points(tu), rng)
-            ss.save_png(folder / f"{stem}.jpg", ss.bake_texture(vt[ft], topo.faces, albedo, image_size), fmt="JPEG")
+            ss.save_png(folder / f"{stem}.jpg", ss.bake_texture(vt[ft], tu_faces, albedo, image_size), fmt="JPEG")
             disp = (32768 + rng.normal(0, 800, (image_size, image_size))).clip(0, 65535).astype(np.uint16)
             ss.save_png(out / str(sid) / "dpmap" / f"{stem}.png", disp)
             scan_id = f"facescape/{sid}/{stem}"

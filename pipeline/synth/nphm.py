@@ -19,6 +19,7 @@ from p3dmm.flame.atomic import atomic_write
 from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import save_mesh
 from p3dmm.pipeline.synth import scans as ss
+from p3dmm.pipeline.synth import stress as st
 
 NPHM_SCALE = 4.0
 """Stored coordinates = FLAME metres x NPHM_SCALE."""
@@ -78,6 +79,7 @@ def write_nphm(
     *,
     target_faces: int = 8000,
     texture_size: int = 256,
+    stress: bool = False,
 ) -> list[str]:
     """Write a synthetic NPHM dataset and its truth; returns the scan ids ("nphm/017/000", ...).
 
@@ -85,6 +87,8 @@ def write_nphm(
         subjects: a count (ids 17, 18, ...) or explicit subject ids.
         expressions: a count (ids 0, 1, ...) or explicit expression ids.
         target_faces: minimum faces of the head part of each scan (before clutter).
+        stress: hard parameters and raw-scan-like meshes (:mod:`p3dmm.pipeline.synth.stress`) instead of
+            the densified truth plus :func:`scans.add_clutter`.
     """
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -95,18 +99,22 @@ def write_nphm(
     n_expr = assets.model.num_expression
     eyes = np.concatenate([assets.masks.get("left_eyeball", []), assets.masks.get("right_eyeball", [])])
     eyes = eyes.astype(np.int64)
+    sample = st.stress_params if stress else ss.sample_params
     ids = []
     for sid in sids:
-        identity = ss.sample_params(rng, n_shape, n_expr)["shape"]
+        identity = sample(rng, n_shape, n_expr)["shape"]
         for eid in eids:
-            params = ss.sample_params(rng, n_shape, n_expr)
+            params = sample(rng, n_shape, n_expr)
             params["shape"] = identity
             folder = out / f"{sid:03d}" / f"{eid:03d}"
             folder.mkdir(parents=True, exist_ok=True)
             fit = ss.posed_truth(assets, params)
             truth = ss.add_detail(fit, faces, rng)
-            sv, sf = ss.dense_scan(truth, faces, target_faces, rng, exclude_vertices=eyes)
-            sv, sf = ss.add_clutter(sv, sf, truth, faces, assets.masks, rng)
+            if stress:
+                sv, sf = st.stress_scan(assets, truth, rng)
+            else:
+                sv, sf = ss.dense_scan(truth, faces, target_faces, rng, exclude_vertices=eyes)
+                sv, sf = ss.add_clutter(sv, sf, truth, faces, assets.masks, rng)
             face_uv = cylinder_uv(sv, sf)
             write_textured_ply(folder / "scan.ply", sv * NPHM_SCALE, sf, face_uv, "texture.png")
             albedo = ss.scan_albedo(assets, truth, sv, rng)

@@ -210,3 +210,61 @@ def test_1k_and_default_5k_sizes_work(tmp_path, n_vertices):
     mirror_map(synth.assets.model.v_template)  # mirror-symmetric template at any size
     flame = load_flame(tmp_path)
     assert flame(pose=torch.zeros(1, 15)).vertices.shape[1] == synth.assets.model.num_vertices
+
+
+# sha256 of the default ("easy") 1000-vertex, seed-0 model, computed before the identity setting existed
+EASY_1K_SEED0 = {
+    "FLAME_masks.pkl": "5b81d438dc8a712af05491bc0a664f45e3998f849308f935dd278c2baff35fcf",
+    "generic_model.pkl": "08a091469674e3980bd174bcce256637ef64cfd253440335fd1bff59c8142419",
+    "head_template.obj": "9aa5f29d6193358849b0f194f0131cad64386a185001f9ef302d186a3ee00017",
+    "landmark_embedding.npy": "7179cd3211884973e9fac7ec03d33d5bb6cb350d09a058d0e03a913ee30ee1bd",
+    "synthetic.json": "36a8e6335c8ea2d85988b9bc608fd5f38baafd3539fe1410959f0c7f13d82a7b",
+}
+
+
+def test_easy_identity_is_the_default_and_unchanged(tmp_path):
+    write_synthetic_flame(tmp_path / "default", n_vertices=1000, seed=0)
+    assert _digest(tmp_path / "default") == EASY_1K_SEED0
+    write_synthetic_flame(tmp_path / "easy", n_vertices=1000, seed=0, identity="easy")
+    assert _digest(tmp_path / "easy") == EASY_1K_SEED0
+    with pytest.raises(ValueError, match="identity"):
+        write_synthetic_flame(tmp_path / "bad", n_vertices=1000, seed=0, identity="wide")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_flame_identity_spread_is_at_real_flame_scale_and_plausible(tmp_path, seed, capsys):
+    import json
+
+    from p3dmm.cli import main
+    from p3dmm.flame.spread import identity_folds, identity_spread_mm
+
+    synth = write_synthetic_flame(tmp_path, n_vertices=1000, seed=seed, identity="flame")
+    assert json.loads((tmp_path / "synthetic.json").read_text())["identity"] == "flame"
+    assets = load_assets(tmp_path)
+    median, p95 = identity_spread_mm(assets)
+    assert 10.0 <= median <= 14.0 and 18.0 <= p95 <= 28.0, (median, p95)  # real FLAME: 12 and 23 mm
+    easy_median, _ = identity_spread_mm(synthesize_easy(seed))
+    assert easy_median < 5.0  # the default stays narrow
+    flips, vol_lo, vol_hi = identity_folds(assets, components=20, sigma=3.0)
+    assert flips < 0.005 and vol_lo > 0.3 and vol_hi < 2.5, (flips, vol_lo, vol_hi)  # no folds, no inversions
+    m = assets.model  # eyeballs still move rigidly, expressions and rig are the easy model's
+    shape = np.random.default_rng(0).standard_normal(100) * 2.0
+    verts = m.v_template + m.shapedirs[:, :, :100] @ shape
+    for name in ("left_eyeball", "right_eyeball"):
+        idx = assets.masks[name]
+        radius = np.linalg.norm(verts[idx] - verts[idx].mean(0), axis=1)
+        assert radius.std() < 1e-6
+    assert synth.assets.model.num_shape == 300
+    png = tmp_path / "preview.png"  # `p3dmm flame preview` and `check` work on it
+    assert main(["flame", "preview", "--flame", str(tmp_path), "--out", str(png), "--identities", "2",
+                 "--expressions", "2", "--size", "48"]) == 0
+    assert png.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["flame", "check", "--flame", str(tmp_path)]) == 0
+    assert f"median {median:.1f} mm" in capsys.readouterr().out
+
+
+def synthesize_easy(seed: int):
+    from p3dmm.flame.synth import synthesize_flame
+
+    return synthesize_flame(1000, seed).assets
