@@ -292,46 +292,15 @@ def fragments(points: np.ndarray, normals: np.ndarray, rng: np.random.Generator,
 
 
 def decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int = MAX_FACES) -> tuple[np.ndarray, np.ndarray]:
-    """About ``target_faces`` faces when there are more: quadric decimation with the
-    ``fast_simplification`` package when installed, otherwise (as in this project's environment)
-    vertex clustering on a grid whose cell size is derived from the surface area (cell means as
-    vertices; collapsed and duplicate faces dropped)."""
+    """About ``target_faces`` faces when there are more: quadric error decimation (`fast_simplification`),
+    as scanner software reduces a dense reconstruction: flat regions lose most vertices, edges and folds keep
+    theirs."""
+    import fast_simplification
+
     if len(faces) <= target_faces:
         return verts, faces
-    try:
-        import fast_simplification
-    except ImportError:
-        return _cluster_decimate(verts, faces, target_faces)
     v, f = fast_simplification.simplify(verts, faces, target_reduction=1.0 - target_faces / len(faces))
     return np.asarray(v, dtype=np.float64), np.asarray(f, dtype=np.int64)
-
-
-def _cluster_decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Vertex clustering to about ``target_faces`` faces: a first cell size from the area (a mesh has ~2
-    faces per vertex), then up to two corrections by the square root of the face count's ratio to the target."""
-    area = 0.5 * np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]],
-                                         verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1).sum()
-    cell = np.sqrt(2.0 * area / target_faces)
-    v, f = _cluster(verts, faces, cell)
-    for _ in range(2):
-        if abs(len(f) / target_faces - 1.0) < 0.1:
-            break
-        cell *= np.sqrt(len(f) / target_faces)
-        v, f = _cluster(verts, faces, cell)
-    return v, f
-
-
-def _cluster(verts: np.ndarray, faces: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray]:
-    """Merge the vertices of each grid cell of side ``cell`` into their mean; drop collapsed and duplicate faces."""
-    keys = np.floor((verts - verts.min(axis=0)) / cell).astype(np.int64)
-    _, label = np.unique(keys, axis=0, return_inverse=True)
-    label = label.ravel()
-    counts = np.bincount(label)
-    merged = np.stack([np.bincount(label, weights=verts[:, c]) for c in range(3)], axis=1) / counts[:, None]
-    f = label[faces]
-    f = f[(f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])]
-    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
-    return drop_unused_vertices(merged, f[np.sort(first)])
 
 
 def normal_noise(verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator, sigma_m: float = 0.2e-3) -> np.ndarray:

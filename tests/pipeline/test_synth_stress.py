@@ -134,10 +134,12 @@ def test_bridge_holes_fills_small_rims():
     assert len(st.boundary_edges(f2)) < before
 
 
-def test_decimate_fallback_reaches_about_target():
+def test_decimate_reaches_about_target_and_keeps_the_surface():
     verts, faces = ss.subdivide_until(*_sphere(), 20_000)
     v, f = st.decimate(verts, faces, 5_000)
-    assert 3_000 < len(f) < 6_500 and f.max() < len(v)
+    assert 4_500 < len(f) < 5_500 and f.max() < len(v)
+    radius = np.linalg.norm(v - verts.mean(axis=0), axis=1)
+    assert np.allclose(radius, np.linalg.norm(verts - verts.mean(axis=0), axis=1).mean(), rtol=0.02)
 
 
 def _sphere() -> tuple[np.ndarray, np.ndarray]:
