@@ -280,3 +280,17 @@ def camera_ray_directions(
         dirs /= np.sqrt(np.einsum("ij,ij->i", dirs, dirs))[:, None]
     origins = np.broadcast_to(centre.astype(dtype), dirs.shape).copy()
     return origins, dirs
+
+
+def orbit(centre: np.ndarray, yaw: np.ndarray, pitch: np.ndarray, distance_m: float, fov_deg: float,
+          image_size: tuple[int, int]) -> Cameras:
+    """float64 cameras on a sphere of radius `distance_m` around `centre` (FLAME frame, metres), one per
+    (yaw, pitch) in radians (yaw 0, pitch 0: on the +z side, in front of the face), looking at `centre`
+    with +y up; `image_size` is (H, W)."""
+    offsets = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
+    eye = torch.as_tensor(centre[None] + distance_m * offsets)
+    target = torch.as_tensor(np.broadcast_to(centre, eye.shape).copy())
+    up = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand_as(eye)
+    R, t = look_at(eye, target, up)
+    K = intrinsics_from_fov(fov_deg, image_size, dtype=torch.float64).expand(len(yaw), 3, 3).clone()
+    return Cameras(K=K, R=R, t=t, image_size=image_size)

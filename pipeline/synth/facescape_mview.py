@@ -26,14 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 import trimesh
 from PIL import Image
 from scipy.ndimage import map_coordinates
 from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets
-from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
+from p3dmm.flame.cameras import Cameras, orbit
 from p3dmm.flame.mesh import drop_unused_vertices, face_normals_np, save_mesh
 from p3dmm.flame.render import render_shaded
 from p3dmm.flame.similarity import Similarity
@@ -79,13 +78,7 @@ def orbit_cameras(center: np.ndarray, yaws_deg: np.ndarray, distance_m: float, f
     looking at the face (+z side); image_size is (H, W)."""
     yaw = np.radians(yaws_deg)
     pitch = np.radians(rng.uniform(-10, 10, len(yaw)))
-    offsets = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
-    eye = torch.as_tensor(center[None] + distance_m * offsets)
-    target = torch.as_tensor(np.broadcast_to(center, eye.shape).copy())
-    up = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand_as(eye)
-    R, t = look_at(eye, target, up)
-    K = intrinsics_from_fov(fov_deg, image_size, dtype=torch.float64).expand(len(yaw), 3, 3).clone()
-    return Cameras(K=K, R=R, t=t, image_size=image_size)
+    return orbit(center, yaw, pitch, distance_m, fov_deg, image_size)
 
 
 # -- raw-like MVS mesh -----------------------------------------------------------------------------

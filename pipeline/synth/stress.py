@@ -21,13 +21,12 @@ All functions are vectorised numpy and deterministic for a ``numpy.random.Genera
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from p3dmm.flame.assets import FlameAssets
-from p3dmm.flame.cameras import Cameras, intrinsics_from_fov, look_at
+from p3dmm.flame.cameras import Cameras, orbit
 from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.mesh import drop_unused_vertices, face_normals_np, vertex_normals_np
 from p3dmm.flame.render import RayCaster
@@ -117,14 +116,7 @@ def rig_cameras(centre: np.ndarray, distance_m: float = 0.8, fov_deg: float = 30
     """21 float64 cameras around the front and sides of ``centre`` (FLAME frame): 7 yaws from -100 to
     100 degrees at pitches -30, 0 and 30 degrees (below, level, above), looking at ``centre``."""
     yaw, pitch = np.meshgrid(np.radians(np.linspace(-100.0, 100.0, 7)), np.radians([-30.0, 0.0, 30.0]))
-    yaw, pitch = yaw.ravel(), pitch.ravel()
-    offsets = np.stack([np.sin(yaw) * np.cos(pitch), np.sin(pitch), np.cos(yaw) * np.cos(pitch)], axis=1)
-    eye = torch.as_tensor(centre[None] + distance_m * offsets)
-    target = torch.as_tensor(np.broadcast_to(centre, eye.shape).copy())
-    up = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64).expand_as(eye)
-    R, t = look_at(eye, target, up)
-    K = intrinsics_from_fov(fov_deg, image_size, dtype=torch.float64).expand(len(yaw), 3, 3).clone()
-    return Cameras(K=K, R=R, t=t, image_size=image_size)
+    return orbit(centre, yaw.ravel(), pitch.ravel(), distance_m, fov_deg, image_size)
 
 
 def visible_faces(verts: np.ndarray, faces: np.ndarray, cams: Cameras, tol_m: float = 0.002,
