@@ -70,9 +70,9 @@ def _check(value: Any, hint: Any, where: str) -> Any:
             raise SettingsError(f"{where}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
             raise SettingsError(f"{where}: expected {len(args)} values, got {len(value)}")
-        items = args[:1] * len(value) if origin is list or (args and args[-1] is Ellipsis) else args
-        out = [_check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, items or [Any] * len(value),
-                                                                              strict=True))]
+        fixed = origin is tuple and args and args[-1] is not Ellipsis  # tuple[float, float]: one hint per item
+        items = args if fixed else [args[0] if args else Any] * len(value)
+        out = [_check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, items, strict=True))]
         return tuple(out) if origin is tuple else out
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):

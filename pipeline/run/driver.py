@@ -159,13 +159,14 @@ class Pipeline(RunLayout):
     def stage_scans(self) -> dict:
         from p3dmm.pipeline.datasets import write_synthetic
 
-        written = {}
+        written, assets = {}, None
         for ds in self.config.datasets:
             if ds.root:
                 if not Path(ds.root).is_dir():
                     raise StageError(f"dataset {ds.label}: root {ds.root} not found")
                 continue
-            ids = write_synthetic(ds.source, self.scans_dir(ds), self._assets(), subjects=ds.subjects,
+            assets = assets or self._assets()  # the FLAME folder is read once for every synthetic dataset
+            ids = write_synthetic(ds.source, self.scans_dir(ds), assets, subjects=ds.subjects,
                                   expressions=ds.expressions, seed=ds.seed)
             written[ds.label] = len(ids)
         return {"synthetic_scans": written}
