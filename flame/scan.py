@@ -76,6 +76,9 @@ class ScanGeometry:
             even when the frame is known.
         vertex_colors: (P, 3) uint8 or None. uv: optional per-face-corner UVs (F, 3, 2) for textures.
         cameras: calibrated photos, if the dataset has them.
+        init_vertices: (V, 3) float64 metres, FLAME topology, same frame as `vertices`: a FLAME fit the
+            dataset ships (NPHM's ``flame.ply``), or None. Registration starts from it with
+            ``RegistrationConfig(init="dataset")``.
     """
 
     record: ScanRecord
@@ -87,6 +90,7 @@ class ScanGeometry:
     vertex_colors: np.ndarray | None = None
     uv: np.ndarray | None = None
     cameras: tuple[CameraView, ...] = ()
+    init_vertices: np.ndarray | None = None
 
 
 def check_geometry(path: str | Path, vertices: np.ndarray, faces: np.ndarray | None) -> None:

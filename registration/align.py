@@ -47,7 +47,7 @@ def _pca(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 def trimmed_icp(
     model: np.ndarray, scan: np.ndarray, scan_tree: cKDTree, init: Similarity, iterations: int,
-    keep: float = 0.8,
+    keep: float = 0.8, with_scale: bool = True,
 ) -> tuple[Similarity, float]:
     """Similarity ICP of model points (M, 3) FLAME metres onto scan points (P, 3), both directions trimmed.
 
@@ -55,6 +55,7 @@ def trimmed_icp(
     within 2.5x the median model->scan distance (clutter such as hair and torso is farther). Using both
     directions stops the scale from collapsing (model->scan alone is minimised by a tiny model).
     Returns the similarity and its score: trimmed RMS model->scan distance in model units (lower = better).
+    with_scale False keeps the scale of `init` (a metric scan).
     """
     sim = init
     score = np.inf
@@ -70,8 +71,13 @@ def trimmed_icp(
         dst = np.concatenate([scan[j_ms[sel]], scan[ok]])
         if len(src) < 10:
             break
-        sim = umeyama(src, dst)
+        sim = umeyama(src, dst) if with_scale else _with_scale(umeyama(src, dst / sim.scale, with_scale=False), sim.scale)
     return sim, score
+
+
+def _with_scale(rigid: Similarity, scale: float) -> Similarity:
+    """`rigid` fits model points onto scan points / scale; the same map as a similarity of that scale."""
+    return Similarity(scale, rigid.rotation, rigid.translation * scale)
 
 
 def align_search(

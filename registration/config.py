@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INIT_CHOICES = ("template", "dataset")
+
 
 @dataclass(frozen=True)
 class RegistrationConfig:
@@ -15,32 +17,52 @@ class RegistrationConfig:
             each is scored by a short trimmed similarity ICP, so any input orientation works.
         align_iterations: ICP steps per candidate (the best one then gets 3x as many).
         align_points: model and scan points subsampled for the alignment search (speed).
-        fit_iterations: Adam steps of the FLAME fit; correspondences are rebuilt every
-            `fit_update_every` steps (KD-tree), which keeps each step a cheap forward/backward.
+        fit_iterations: Levenberg-Marquardt steps of the FLAME fit at most; each stage may take its share
+            of what the earlier stages left;
+            a stage ends earlier when one step lowers the cost by less than `fit_tolerance` (relative).
+            Correspondences (KD-trees) are rebuilt every step.
+        fit_tolerance: relative cost decrease below which a stage has converged.
         fit_points: scan points subsampled for the scan-to-model term.
-        fit_lr: Adam learning rate for coefficients (pose/translation/scale use fixed fractions of it).
-        fit_gate: scan points farther than this from the model are clutter (hair, torso) and ignored;
-            it shrinks linearly to `fit_gate_final` over the fit as the model closes in.
-        robust_scale: sigma of the Geman-McClure loss r^2 / (r^2 + sigma^2): residuals well beyond it
-            (holes, clutter that passed the gate) stop pulling.
+        fit_sigmas: Geman-McClure scale r^2 / (r^2 + sigma^2) of each stage, wide to tight: early stages
+            let a far template feel the whole scan, the last one stops holes and clutter that passed the
+            gate from pulling.
+        fit_gates: correspondence search radius of each stage (same length as `fit_sigmas`): scan points
+            farther than this from the model are clutter (hair, torso) and ignored.
+        fit_max_step: no fitted vertex moves more than this many robust scales in one step (the
+            correspondences a step is solved for only hold nearby).
+        fit_jaw_starts: jaw openings (radians) the first stage starts from; the cheapest result goes on.
+        landmark_sigma: robust scale of the landmark term (landmarks are noisier than the surface).
         w_scan_to_model, w_model_to_scan, w_landmarks: data weights (landmarks are noisier: low weight).
-        w_shape, w_expression, w_pose: Gaussian priors on the unit-variance coefficients / radians.
+        w_shape, w_expression, w_pose: Gaussian priors w |c|^2 on the coefficients in the model's own
+            sigma units and on neck/jaw radians, against data costs of 1 per (1 mm residual)^2 averaged
+            over each term's pairs (see `p3dmm.registration.fit`).
         fit_scale: fit a global scale when the scan frame is unknown or not metric (fixed to 1 for metric scans).
         nicp_stiffness: membrane stiffness schedule of the offset solve, large to small; each level
             re-finds correspondences `nicp_inner` times. Relative to a data weight of 1 per vertex.
-        nicp_gate: model-to-scan correspondences farther than this are dropped (clutter, holes).
+        nicp_gate: model-to-scan correspondences farther than this are dropped, and vertices of the FLAME
+            fit without a scan point this close get no data term at all (hair, collar, holes): the fit
+            is within ~1 mm where the scan shows skin, clutter is 5 mm and more off it.
         nicp_normal_dot: minimum cos angle between model and scan normals for a correspondence.
         nicp_point_weight: point-to-point share next to point-to-plane (keeps sliding in check).
         nicp_offset_prior: small pull of offsets to zero (vertices without data stay on the fit).
         coverage_radius: a face vertex is "covered" when a scan point is this close.
         metric_gate: scan points farther than this from the registration are not scored (clutter).
-        max_median_mm, max_p95_mm, min_coverage: acceptance on the final scan-to-registration distances.
+        max_median_mm, max_p95_mm, min_coverage: acceptance on the final scan-to-registration distances
+            and on the share of face vertices with scan support.
         max_fit_median_mm, max_fit_p95_mm: acceptance on the FLAME fit alone (before offsets): a scan
-            FLAME cannot explain (not a head, badly misaligned) is rejected even when free offsets could
-            bend onto it. Measured: synthetic heads 0.25-0.35 / 0.8-0.95 mm, head-sized spheres
-            0.6-0.9 / 5.1-6.8 mm.
-        max_offset_p95_mm: the same idea on the NICP offsets.
-        scale_range: accepted range of the fitted scale relative to the initial alignment.
+            FLAME cannot explain (badly misaligned, not a head) is rejected even when free offsets could
+            bend onto it. The p95 allows for hair over the hairline (good stress scans reach 4.1 mm).
+        max_offset_p95_mm: the same idea on the NICP offsets, judged where the scan shows skin.
+        scale_range: accepted range of the fitted scale relative to the initial alignment. Wide, because
+            on a scan of unknown scale the fit trades the identity's size against the scale (FLAME-scale
+            identities measured 1.15-1.64 against landmark alignment); it catches a blown-up fit.
+        identity_quantile: the fitted identity must be plausible under FLAME's own prior: |shape|^2 (sigma
+            units) below this quantile of chi^2 with n_shape degrees of freedom (0.999: RMS 1.22 sigma
+            for 100 components). Head-sized spheres and ellipsoids fit to 0.2 mm only with identities of
+            1.4-2.2 sigma RMS; registered heads measured 0.45-0.81.
+        init: "template" starts from FLAME's mean head (landmarks or the alignment search place it);
+            "dataset" starts from the FLAME fit the dataset ships with the scan (`ScanGeometry.init_vertices`,
+            NPHM's ``flame.ply``), falling back to "template" for a scan without one.
     """
 
     n_shape: int = 100
@@ -48,13 +70,14 @@ class RegistrationConfig:
     align_candidates: int = 24
     align_iterations: int = 12
     align_points: int = 600
-    fit_iterations: int = 300
-    fit_update_every: int = 10
+    fit_iterations: int = 120
+    fit_tolerance: float = 1e-3
     fit_points: int = 6000
-    fit_lr: float = 0.05
-    fit_gate: float = 0.02
-    fit_gate_final: float = 0.006
-    robust_scale: float = 0.003
+    fit_sigmas: tuple[float, ...] = (0.010, 0.005, 0.0025, 0.0015)
+    fit_gates: tuple[float, ...] = (0.04, 0.02, 0.01, 0.006)
+    landmark_sigma: float = 0.015
+    fit_max_step: float = 0.5
+    fit_jaw_starts: tuple[float, ...] = (0.0, 0.25)
     w_scan_to_model: float = 1.0
     w_model_to_scan: float = 1.0
     w_landmarks: float = 0.05
@@ -64,7 +87,7 @@ class RegistrationConfig:
     fit_scale: bool = True
     nicp_stiffness: tuple[float, ...] = (20.0, 5.0, 1.5, 0.5)
     nicp_inner: int = 2
-    nicp_gate: float = 0.005
+    nicp_gate: float = 0.0025
     nicp_normal_dot: float = 0.5
     nicp_point_weight: float = 0.1
     nicp_offset_prior: float = 1e-3
@@ -72,9 +95,18 @@ class RegistrationConfig:
     metric_gate: float = 0.01
     max_median_mm: float = 1.5
     max_p95_mm: float = 5.0
-    min_coverage: float = 0.8
+    min_coverage: float = 0.9
     max_fit_median_mm: float = 3.0
-    max_fit_p95_mm: float = 4.0  # raw MVS meshes (noise, holes) reach 3-3.5 mm with good fits
+    max_fit_p95_mm: float = 5.0
     max_offset_p95_mm: float = 6.0
-    scale_range: tuple[float, float] = (0.7, 1.4)
+    scale_range: tuple[float, float] = (0.6, 1.8)
+    identity_quantile: float = 0.999
     seed: int = 0
+    init: str = "template"
+
+    def __post_init__(self) -> None:
+        if len(self.fit_sigmas) != len(self.fit_gates) or not self.fit_sigmas:
+            raise ValueError(f"fit_sigmas and fit_gates must be non-empty and of one length, got "
+                             f"{len(self.fit_sigmas)} and {len(self.fit_gates)}")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"registration init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")

@@ -10,6 +10,10 @@ with c_i the nearest scan point (KD-tree) and n_i its normal; alpha walks down t
 It is linear in D, so each step is one sparse Cholesky-like solve (scipy splu) of a 3V x 3V system,
 cheaper than optimal-step NICP's per-vertex affine unknowns (12V) and enough for sub-mm residuals.
 Eyeballs keep the fit (offset 0) and mesh-boundary vertices (lip seam, eyelids, neck) get no data term.
+
+Clutter: only vertices where the scan shows skin get a data term (:func:`skin_support`: a scan point
+within `nicp_gate` of the FLAME fit, normals agreeing). Hair stands 5-20 mm off the scalp and a collar
+or torso off the neck, so those vertices have no support and follow the membrane, staying on the fit.
 """
 
 from __future__ import annotations
@@ -34,6 +38,23 @@ class NicpResult:
     offsets: np.ndarray
     vertices: np.ndarray
     matched: np.ndarray
+
+
+def skin_support(
+    vertices: np.ndarray, faces: np.ndarray, scan_points: np.ndarray, scan_normals: np.ndarray | None,
+    scan_tree: cKDTree, candidates: np.ndarray, config: RegistrationConfig,
+) -> np.ndarray:
+    """(V,) bool: candidate vertices of the FLAME fit with a scan point within `nicp_gate` whose normal
+    agrees (cos > `nicp_normal_dot`): where the scan shows the skin the fit describes, not hair over it."""
+    idx = np.nonzero(candidates)[0]
+    d, j = scan_tree.query(vertices[idx], distance_upper_bound=config.nicp_gate)
+    ok = np.isfinite(d)
+    if scan_normals is not None:
+        vn = vertex_normals_np(vertices, faces)[idx]
+        ok &= np.einsum("pi,pi->p", scan_normals[np.minimum(j, len(scan_points) - 1)], vn) > config.nicp_normal_dot
+    out = np.zeros(len(vertices), dtype=bool)
+    out[idx[ok]] = True
+    return out
 
 
 def nicp_offsets(

@@ -13,23 +13,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from scipy.stats import chi2
 
 from p3dmm.flame.assets import FlameAssets
+from p3dmm.flame.landmarks import five_point_landmarks, five_point_matrix, is_five_point
 from p3dmm.flame.mesh import vertex_normals_np
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.scan import ScanGeometry
-from p3dmm.flame.similarity import Similarity, identity
+from p3dmm.flame.similarity import Similarity, identity, umeyama
 
-from .align import align_landmarks, align_search
+from .align import align_landmarks, align_search, trimmed_icp
 from .config import RegistrationConfig
-from .fit import FitData, FitResult, fit_flame
+from .fit import FitData, FitResult, fit_flame, fit_to_vertices
 from .geometry import boundary_vertices
 from .metrics import coverage, scan_to_surface, summary_mm
-from .nicp import nicp_offsets
+from .nicp import nicp_offsets, skin_support
 
 FIT_REGION_MASKS = ("face", "forehead", "nose", "lips", "eye_region")
 METRIC_REGION_MASKS = ("face",)
+HAIRLINE_MASKS = ("forehead",)
+"""Left out of the FLAME fit's wide stages: hair often covers them (see `fit_flame`'s `core`)."""
 EYEBALL_MASKS = ("left_eyeball", "right_eyeball")
+MIN_LANDMARKS = 5
+"""Fewer finite landmark rows than this are ignored (5: the eye centres, nose tip and mouth corners a
+face detector gives fix a similarity)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def _check_input(scan: ScanGeometry) -> tuple[np.ndarray, np.ndarray | None, np.
         lm = np.asarray(scan.landmarks, dtype=np.float64)
         if lm.shape != (68, 3):
             raise ValueError(f"register_scan: landmarks must be (68, 3), got {lm.shape}")
-        if np.isfinite(lm).all(axis=1).sum() < 6:
+        if np.isfinite(lm).all(axis=1).sum() < MIN_LANDMARKS:
             lm = None
     return v, f, lm
 
@@ -92,6 +99,7 @@ class _Model:
     Args:
         flame: FLAME with the fitted component counts. faces: (F, 3) int64.
         eyes, fit_region, metric_region: (V,) bool; eyeballs are never fitted, moved or scored.
+        fit_core: (V,) bool, `fit_region` without the hairline masks (the wide stages' data).
         skin: (M,) int64 vertices that are not eyeballs. template: (V, 3) float64 zero-parameter mesh.
         landmarks: (68, 3) float64 landmarks of the template, or None when the model has none.
     """
@@ -100,6 +108,7 @@ class _Model:
     faces: np.ndarray
     eyes: np.ndarray
     fit_region: np.ndarray
+    fit_core: np.ndarray
     metric_region: np.ndarray
     skin: np.ndarray
     template: np.ndarray
@@ -142,13 +151,14 @@ def _model_setup(assets: FlameAssets, config: RegistrationConfig) -> _Model:
     num_v = model.v_template.shape[0]
     n_shape = min(config.n_shape, int(model.num_shape))
     n_expr = min(config.n_expression, model.shapedirs.shape[2] - int(model.num_shape))
-    flame = FLAME(assets, n_shape=n_shape, n_expression=n_expr)
+    flame = FLAME(assets, n_shape=n_shape, n_expression=n_expr, dtype=torch.float64)
     eyes = _mask(assets, EYEBALL_MASKS, num_v)
     with torch.no_grad():
         zero = flame()
     return _Model(
         flame=flame, faces=np.asarray(model.faces, dtype=np.int64), eyes=eyes,
         fit_region=_mask(assets, FIT_REGION_MASKS, num_v) & ~eyes,
+        fit_core=_mask(assets, FIT_REGION_MASKS, num_v) & ~eyes & ~_mask(assets, HAIRLINE_MASKS, num_v),
         metric_region=_mask(assets, METRIC_REGION_MASKS, num_v) & ~eyes,
         skin=np.nonzero(~eyes)[0], template=zero.vertices[0].double().numpy(),
         landmarks=None if zero.landmarks is None else zero.landmarks[0].double().numpy(),
@@ -161,14 +171,38 @@ def _initial_similarity(
 ) -> tuple[Similarity, float]:
     """Similarity FLAME metres -> scan frame, and the search score in metres (NaN when nothing was searched).
 
-    Landmarks give it in closed form; a scan already in FLAME's frame needs none; anything else is
-    searched over orientations, scales and centres (the first draws from `rng`).
+    In order: the dataset's own FLAME fit (`config.init == "dataset"`), Umeyama on the fit region;
+    landmarks, in closed form (five detected points only when the frame is unknown: in a known frame
+    they are a worse start than ICP, ~1 cm off); a scan already in FLAME's frame, a trimmed ICP from
+    the identity (a rigid one for metric scans); anything else is searched over orientations, scales
+    and centres. Draws from `rng`.
     """
-    if landmarks is not None and model.landmarks is not None:
-        return align_landmarks(model.landmarks, landmarks, with_scale=not _metric_frame(scan)), float("nan")
+    init = _dataset_init(scan, model, config)
+    if init is not None:
+        region = model.fit_region
+        return umeyama(model.template[region], init[region], with_scale=not _metric_frame(scan)), float("nan")
+    five = landmarks is not None and is_five_point(landmarks)
+    if landmarks is not None and model.landmarks is not None and not (five and scan.frame_known):
+        counterparts = five_point_landmarks(model.landmarks) if five else model.landmarks
+        return align_landmarks(counterparts, landmarks, with_scale=not _metric_frame(scan)), float("nan")
     if scan.frame_known:
-        return identity(), float("nan")
+        skin = model.template[model.skin]
+        m = skin[rng.choice(len(skin), min(len(skin), config.align_points), replace=False)]
+        s = points[rng.choice(len(points), min(len(points), 8 * config.align_points), replace=False)]
+        return trimmed_icp(m, s, cKDTree(s), identity(), 2 * config.align_iterations,
+                           with_scale=not _metric_frame(scan))
     return align_search(model.template[model.skin], points, config, rng)
+
+
+def _dataset_init(scan: ScanGeometry, model: _Model, config: RegistrationConfig) -> np.ndarray | None:
+    """The dataset's FLAME fit (V, 3) in the scan frame when `config.init` asks for it and the scan has one
+    of this model's topology; else None (the template start)."""
+    if config.init != "dataset" or scan.init_vertices is None:
+        return None
+    init = np.asarray(scan.init_vertices, dtype=np.float64)
+    if init.shape != model.template.shape or not np.isfinite(init).all():
+        return None
+    return init
 
 
 def _aligned_scan(points: np.ndarray, faces: np.ndarray | None, sim0: Similarity) -> _AlignedScan:
@@ -195,29 +229,32 @@ def _fit_data(
     return FitData(
         points=scan.points[sub], normals=None if scan.normals is None else scan.normals[sub],
         tree=cKDTree(scan.points[sub]), landmarks=None if landmarks is None else sim0.invert_points(landmarks),
+        landmark_map=five_point_matrix() if landmarks is not None and is_five_point(landmarks) else None,
     )
 
 
 def _refine(
     fit: FitResult, model: _Model, scan: _AlignedScan, config: RegistrationConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """NICP offsets on top of the FLAME fit: (vertices, offsets), both (V, 3) in the aligned frame.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NICP offsets on top of the FLAME fit: (vertices, offsets) (V, 3) in the aligned frame and the (V,)
+    bool vertices where the scan shows skin (the only ones with a data term).
 
     Eyeballs stay put; boundary vertices get no data term (open edges would drag them onto clutter).
     A singular solve keeps the fit with zero offsets, and acceptance judges it like any other.
     """
     free = ~model.eyes
-    data_v = free & ~boundary_vertices(model.faces, len(free))
+    candidates = free & ~boundary_vertices(model.faces, len(free))
+    support = skin_support(fit.vertices, model.faces, scan.points, scan.normals, scan.tree, candidates, config)
     try:
-        refined = nicp_offsets(fit.vertices, model.faces, scan.points, scan.normals, scan.tree, data_v, free, config)
+        refined = nicp_offsets(fit.vertices, model.faces, scan.points, scan.normals, scan.tree, support, free, config)
     except (RuntimeError, np.linalg.LinAlgError):
-        return fit.vertices, np.zeros_like(fit.vertices)
-    return refined.vertices, refined.offsets
+        return fit.vertices, np.zeros_like(fit.vertices), support
+    return refined.vertices, refined.offsets, support
 
 
 def _metrics(
     model: _Model, scan: _AlignedScan, fit: FitResult, vertices: np.ndarray, offsets: np.ndarray,
-    align_score: float, config: RegistrationConfig,
+    support: np.ndarray, align_score: float, config: RegistrationConfig,
 ) -> dict:
     """Distances of the fit and of the refined registration, coverage and offset size, in FLAME mm.
 
@@ -234,26 +271,38 @@ def _metrics(
     d = summary_mm(scan_to_surface(scan.points, vertices, faces, region_faces, skin_faces, gate), per_mm)
     cov = coverage(vertices, vertex_normals_np(vertices, faces), model.metric_region, scan.points,
                    scan.normals, scan.tree, config.coverage_radius * scale)
-    off_mm = np.linalg.norm(offsets[~model.eyes], axis=1) / per_mm
+    off_mm = np.linalg.norm(offsets[support], axis=1) / per_mm  # judged where the scan shows skin
+    n_shape = len(fit.shape)
     return {
         **d,
         "fit_median_mm": fit_d["median_mm"], "fit_p95_mm": fit_d["p95_mm"],
         "offset_p95_mm": float(np.quantile(off_mm, 0.95)) if len(off_mm) else 0.0,
-        "coverage": cov, "scale_change": scale,
+        "coverage": cov, "scale_change": scale, "n_shape": n_shape,
+        "identity_rms_sigma": float(np.linalg.norm(fit.shape) / np.sqrt(max(n_shape, 1))),
         "align_score_mm": align_score * 1e3 if np.isfinite(align_score) else float("nan"),
     }
+
+
+def identity_limit(n_shape: int, quantile: float) -> float:
+    """Largest plausible RMS of `n_shape` fitted identity coefficients (sigma units): the `quantile` of
+    chi^2 with n_shape degrees of freedom, as an RMS. 100 components, 0.999: 1.22."""
+    if n_shape <= 0:
+        return float("inf")
+    return float(np.sqrt(chi2.ppf(quantile, n_shape) / n_shape))
 
 
 def acceptance(metrics: dict, config: RegistrationConfig, finite: bool = True) -> str | None:
     """The first acceptance rule of `config` that `metrics` break, as a one-line reason; None when all hold.
 
-    Rules, in order: finite vertices; "scale_change" within `scale_range`; the FLAME fit alone
-    ("fit_median_mm", "fit_p95_mm": a scan FLAME cannot explain is rejected even when free offsets
-    could bend onto it); "coverage"; the final "median_mm" and "p95_mm"; "offset_p95_mm". Every test
-    reads `not value <= limit`, so a NaN metric breaks its rule instead of passing it.
+    Rules, in order: finite vertices; "scale_change" within `scale_range`; a plausible identity
+    ("identity_rms_sigma" against :func:`identity_limit`); the FLAME fit alone ("fit_median_mm",
+    "fit_p95_mm": a scan FLAME cannot explain is rejected even when free offsets could bend onto it);
+    "coverage"; the final "median_mm" and "p95_mm"; "offset_p95_mm". Every test reads
+    `not value <= limit`, so a NaN metric breaks its rule instead of passing it.
 
     Args:
-        metrics: the registration's metrics (see `Registration`); only the keys above are read.
+        metrics: the registration's metrics (see `Registration`); only the keys above (and "n_shape")
+            are read.
         finite: whether the registered vertices are all finite (a property of the mesh, not a metric).
     """
     lo, hi = config.scale_range
@@ -262,6 +311,10 @@ def acceptance(metrics: dict, config: RegistrationConfig, finite: bool = True) -
         return "registration has non-finite vertices"
     if not lo <= scale <= hi:
         return f"fitted scale changed by {scale:.3g} (outside [{lo}, {hi}]): not a head at this size"
+    limit = identity_limit(int(metrics.get("n_shape", 0)), config.identity_quantile)
+    if not metrics.get("identity_rms_sigma", 0.0) <= limit:
+        return (f"fitted identity {metrics['identity_rms_sigma']:.3g} sigma RMS > {limit:.3g}: FLAME needs an "
+                "implausible head to explain the scan")
     if not metrics["fit_median_mm"] <= config.max_fit_median_mm:
         return (f"FLAME fit median {metrics['fit_median_mm']:.3g} mm > {config.max_fit_median_mm} mm: "
                 "FLAME cannot explain the scan")
@@ -317,11 +370,15 @@ def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationC
     data = _fit_data(aligned, landmarks, sim0, config, rng)
     with _timed(times, "t_fit_s"):
         fit_scale = config.fit_scale and not _metric_frame(scan)
-        fit = fit_flame(model.flame, data, model.fit_region, model.skin, config, fit_scale=fit_scale)
+        init = _dataset_init(scan, model, config)
+        x0 = None if init is None else fit_to_vertices(model.flame, sim0.invert_points(init), ~model.eyes, config,
+                                                       fit_scale)
+        fit = fit_flame(model.flame, data, model.fit_region, model.skin, config, fit_scale=fit_scale,
+                        init=x0, core=model.fit_core)
     with _timed(times, "t_nicp_s"):
-        vertices, offsets = _refine(fit, model, aligned, config)
+        vertices, offsets, support = _refine(fit, model, aligned, config)
     with _timed(times, "t_metrics_s"):
-        metrics = _metrics(model, aligned, fit, vertices, offsets, align_score, config)
+        metrics = _metrics(model, aligned, fit, vertices, offsets, support, align_score, config)
     times["t_total_s"] = time.perf_counter() - t0
     metrics = {**metrics, **times}
     reason = acceptance(metrics, config, finite=bool(np.isfinite(vertices).all()))

@@ -32,7 +32,7 @@ from p3dmm.cli import main
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
-FAST = json.dumps({"fit_iterations": 120, "align_candidates": 8})
+FAST = json.dumps({"fit_iterations": 24, "align_candidates": 8})
 RENDER = ["--views", "2", "--photos", "0", "--size", "48", "--samples_per_shard", "1", "--progress", "false",
           "--include_rejected", "true"]  # quick registrations may be rejected: render them all the same
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the same threads as the in-process clean run

@@ -21,7 +21,7 @@ def _config(tmp_path):
         "flame": {"vertices": 1000, "seed": 3},
         "datasets": [{"source": "generic", "subjects": 2, "expressions": 1, "seed": 3},
                      {"source": "nphm", "subjects": 1, "expressions": 1, "seed": 4}],
-        "register": {"fit_iterations": 120, "align_candidates": 8},
+        "register": {"fit_iterations": 24, "align_candidates": 8},
         "render": {"views": 2, "photos": 0, "size": 48, "samples_per_shard": 4, "include_rejected": True},
         "train": {"config": "configs/train-tiny.yaml", "devices": 1,
                   "args": ["--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--data.batch_size", "2",

@@ -9,8 +9,11 @@ from jsonargparse.typing import PositiveInt
 
 from p3dmm.commands import CommandError
 from p3dmm.pipeline.datasets import NAMES
+from p3dmm.registration.config import INIT_CHOICES
 
 Source = Literal[NAMES]  # the dataset registry's names
+Init = Literal[INIT_CHOICES]  # RegistrationConfig.init
+Landmarks = Literal["dataset", "detect", "detect-always"]  # pipeline.jobs.register.LANDMARK_MODES
 
 
 def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subjects: PositiveInt = 2,
@@ -39,7 +42,7 @@ def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subject
 def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, address: str | None = None,
         num_cpus: PositiveInt | None = None, limit: PositiveInt | None = None,
         source_options: dict[str, str] | None = None, registration: dict[str, int | float | bool | str] | None = None,
-        progress: bool = True) -> int:
+        init: Init | None = None, landmarks: Landmarks = "dataset", progress: bool = True) -> int:
     """Register every scan of a dataset to FLAME topology, one Ray task per scan; reruns skip finished scans.
 
     Args:
@@ -53,6 +56,12 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
         source_options: adapter options, e.g. '{"topology": "assets/face_topology.obj"}' for ava256,
             '{"landmark_indices": "landmark_indices.npz"}' for facescape.
         registration: overrides of RegistrationConfig fields (checked before any scan is read).
+        init: where the fit starts, a shortcut for --registration '{"init": ...}': "template" (FLAME's mean
+            head; the default) or "dataset" (the FLAME fit the dataset ships, NPHM's flame.ply; scans
+            without one start from the template).
+        landmarks: "dataset" (the reader's, if any), "detect" (found on renders of the scan where the reader
+            gives none; docs/registration.md, "Initialisations"), "detect-always" (for every scan, the
+            reader's kept only where no face is found).
         progress: show a progress bar.
     """
     from p3dmm.commands.flame import _load
@@ -61,9 +70,11 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
     from p3dmm.registration.config import RegistrationConfig
 
     folder, _ = _load(flame)
+    overrides = _with_init(registration, init)
     try:
         job = registration_job(source, root, out, folder, source_options=source_options,
-                               registration=build_settings(RegistrationConfig, registration, "--registration"))
+                               registration=build_settings(RegistrationConfig, overrides, "--registration"),
+                               landmarks=landmarks)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from None
     summary = run_registration(job, address=address, num_cpus=num_cpus, limit=limit, progress=progress)
@@ -71,6 +82,16 @@ def run(*, source: Source, root: Path, out: Path, flame: Path | None = None, add
         print(line)
     print(f"manifest: {out / 'manifest.jsonl'}")
     return 1 if summary.failed else 0
+
+
+def _with_init(registration: dict | None, init: str | None) -> dict | None:
+    """--registration with --init folded in: one config, two spellings; a conflict stops the command."""
+    if init is None:
+        return registration
+    given = (registration or {}).get("init")
+    if given is not None and given != init:
+        raise CommandError(f"--init {init} contradicts --registration's init {given!r}; give one of them")
+    return {**(registration or {}), "init": init}
 
 
 def evaluate(*, out: Path, truth: Path) -> int:

@@ -49,10 +49,10 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
             synthetic_options={"landmark_indices": "landmark_indices.npz"}, stress=True),
     Dataset("facescape-mview", "p3dmm.pipeline.datasets.facescape_mview",
             "p3dmm.pipeline.synth.facescape_mview:write_synthetic",
-            synthetic_options={"rt_scale_dict": "Rt_scale_dict.json"}, photos=True),
+            synthetic_options={"rt_scale_dict": "Rt_scale_dict.json"}, photos=True, stress=True),
     Dataset("ava256", "p3dmm.pipeline.datasets.ava256", "p3dmm.pipeline.synth.ava256:write_synthetic",
             required_options=("topology",), synthetic_options={"topology": "assets/face_topology.obj"},
-            photos=True),
+            photos=True, stress=True),
     Dataset("generic", "p3dmm.pipeline.datasets.generic", "p3dmm.pipeline.synth.generic:write_generic",
             stress=True),
 )}

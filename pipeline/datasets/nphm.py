@@ -1,8 +1,10 @@
 """NPHM adapter: ``<root>/<sid:03d>/<eid:03d>/scan.ply`` in NPHM space (FLAME frame x 4).
 
 The conversion is exact (author, NPHM issue #18): ``x_flame = x / 4``, same axes and origin, so the
-scan comes out with ``frame_known=True``. Landmarks are not shipped as files, so none are returned;
-``flame.ply`` (NPHM's FLAME fit) is listed in ``record.extra`` as an optional initialisation.
+scan comes out with ``frame_known=True``. Landmarks are not shipped as files, so none are returned.
+``flame.ply`` (NPHM's FLAME fit, same NPHM space) is listed in ``record.extra`` and, when present, read
+into ``ScanGeometry.init_vertices`` with the scan's own conversion, so ``--init dataset`` can start the
+registration from it. Its vertex count is checked by registration (only it knows the FLAME model).
 """
 
 from __future__ import annotations
@@ -95,10 +97,31 @@ def read_textured_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, 
     return vertices, faces.reshape(-1, 3), face_uv
 
 
+def _to_flame(record: ScanRecord, vertices: np.ndarray) -> np.ndarray:
+    """NPHM space to FLAME metres: the one conversion, shared by the scan and its FLAME fit."""
+    return vertices * (record.to_flame_scale if record.to_flame_scale is not None else TO_FLAME_SCALE)
+
+
+def read_flame_fit(record: ScanRecord) -> np.ndarray | None:
+    """(V, 3) float64 metres of the shipped ``flame.ply`` in the scan's frame, or None when there is none.
+
+    A corrupt, empty or non-finite file is a ScanError naming it, as for the scan itself: a fit that
+    cannot be read is not silently replaced by the template start.
+    """
+    path = record.extra.get("flame")
+    if path is None:
+        return None
+    vertices, _, _ = read_textured_ply(path)
+    check_geometry(path, vertices, None)
+    return _to_flame(record, vertices)
+
+
 def load_scan(record: ScanRecord) -> ScanGeometry:
-    """Read scan.ply and divide by 4: (P, 3) metres in FLAME's frame, faces, per-corner UVs."""
+    """Read scan.ply and divide by 4: (P, 3) metres in FLAME's frame, faces, per-corner UVs, and the
+    shipped FLAME fit (``flame.ply``, same conversion) as ``init_vertices`` when the folder has one."""
     vertices, faces, face_uv = read_textured_ply(record.geometry)
     check_geometry(record.geometry, vertices, faces)
-    vertices = vertices * (record.to_flame_scale if record.to_flame_scale is not None else TO_FLAME_SCALE)
+    vertices = _to_flame(record, vertices)
     check_head_size(record.geometry, vertices)
-    return ScanGeometry(record=record, vertices=vertices, faces=faces, frame_known=True, uv=face_uv)
+    return ScanGeometry(record=record, vertices=vertices, faces=faces, frame_known=True, uv=face_uv,
+                        init_vertices=read_flame_fit(record))

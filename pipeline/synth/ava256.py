@@ -16,6 +16,12 @@ Topology: FLAME's skin faces subdivided once (a different vertex count and order
 eyeball vertices stay in the vertex array but no face uses them, as Ava-256's eyeballs and mouth interior.
 Keypoints: ids 0..67 are the 68 iBUG points (FLAME's frontal landmarks, in the truth file), ids 68.. are other surface points; rows are
 shuffled. One listed frame per capture has no files (as ~0.1% of real frames).
+
+Stress setting (``stress=True``, docs/datasets.md "Stress setting"): hard parameters, the detailed truth, and
+of :func:`p3dmm.pipeline.synth.stress.stress_scan` what a tracked mesh can have (:func:`stress_frame`): the
+hair cap and the normal noise. Holes, unseen parts, the neck cut, bridges, torso, fragments, decimation and
+a shuffled vertex order would each change the vertex count or the faces, which every frame shares with
+``face_topology.obj``; a tracker's output has none of them.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ from p3dmm.flame.cameras import Cameras, look_at
 from p3dmm.flame.files import write_uv_obj
 from p3dmm.flame.landmarks import frontal_landmarks
 from p3dmm.flame.render import render_shaded
+from p3dmm.pipeline.synth import stress as st
 from p3dmm.pipeline.synth.scans import (
+    HAIR_COLORS,
+    add_detail,
     posed_truth,
     sample_params,
     skin_colors,
@@ -78,6 +87,40 @@ def subdivided(verts: np.ndarray, assets: FlameAssets) -> np.ndarray:
     skin = assets.model.faces[~np.isin(assets.model.faces, eyes).any(axis=1)]
     v_sub, _ = trimesh.remesh.subdivide(verts, skin)
     return v_sub
+
+
+def eyeball_faces(assets: FlameAssets, order: np.ndarray) -> np.ndarray:
+    """(E, 3) FLAME's eyeball faces in tracked vertex indices (``order`` from :func:`tracked_topology`).
+
+    The tracked topology keeps the eyeball vertices (the once-subdivided array starts with FLAME's
+    vertices) but no face uses them; photos of a stress frame still need eyes in the sockets.
+    """
+    eyes = np.concatenate([assets.masks.get(k, np.zeros(0, np.int64)) for k in ("left_eyeball", "right_eyeball")])
+    faces = assets.model.faces[np.isin(assets.model.faces, eyes).any(axis=1)]
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return inverse[faces]
+
+
+def stress_frame(assets: FlameAssets, truth: np.ndarray, order: np.ndarray, faces: np.ndarray,
+                 photo_faces: np.ndarray, colors: np.ndarray, hair_color: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The tracked mesh of a stress frame (metres, head-local, tracked order) and the scene its photos render.
+
+    A tracker fits its fixed topology to the surface the cameras reconstruct, hair included: the tracked
+    vertices of the detailed ``truth`` get :func:`stress.hair_cap` over a ragged :func:`stress.hair_mask`
+    (a new hairline per frame), then :func:`stress.normal_noise` (0.2 mm, tracking jitter; unused eyeball
+    vertices have no normal and stay). The photos render the capped surface before the noise with
+    ``photo_faces`` (the topology's faces plus the eyeballs), coloured from ``colors`` (V, 3) per FLAME
+    vertex, hair vertices in ``hair_color``.
+    """
+    tracked = subdivided(truth, assets)[order]
+    scalp = np.asarray(assets.masks.get("scalp", []), dtype=np.int64)
+    hair = st.hair_mask(tracked, truth, scalp, rng)
+    capped = st.hair_cap(tracked, faces, hair, rng)
+    tracked_colors = subdivided(np.asarray(colors, dtype=np.float64), assets)[order]
+    tracked_colors[hair] = hair_color
+    return st.normal_noise(capped, faces, rng), (capped, photo_faces, tracked_colors)
 
 
 def vertex_only_ply(verts: np.ndarray) -> bytes:
@@ -123,9 +166,10 @@ def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[i
 
 
 def write_synthetic(out: str | os.PathLike, assets: FlameAssets, *, subjects: int, expressions: int,
-                    seed: int) -> list[str]:
+                    seed: int, stress: bool = False) -> list[str]:
     """The dataset registry's uniform writer: captures SYN000.. with `expressions` frames each."""
-    return write_ava256(out, assets, [f"SYN{i:03d}" for i in range(subjects)], frames=expressions, seed=seed)
+    return write_ava256(out, assets, [f"SYN{i:03d}" for i in range(subjects)], frames=expressions, seed=seed,
+                        stress=stress)
 
 
 def write_ava256(
@@ -136,6 +180,8 @@ def write_ava256(
     seed: int,
     cameras: int = 3,
     image_downscale: int = 16,
+    *,
+    stress: bool = False,
 ) -> list[str]:
     """Write Ava-256-like captures ``<out>/20230308--1352--<SID>/decoder/`` and ``<out>/assets/face_topology.obj``.
 
@@ -148,6 +194,9 @@ def write_ava256(
         seed: all randomness.
         cameras: cameras in the calibration, each with an image zip.
         image_downscale: images are CALIBRATION_SIZE // this (4 gives the released 1024 x 667).
+        stress: hard parameters (:func:`stress.stress_params`), the detailed truth, and :func:`stress_frame`:
+            tracked meshes with a hair cap and 0.2 mm normal noise (instead of 0.1 mm isotropic noise),
+            photos of the hair-capped head; per capture also a hair colour.
 
     Returns:
         scan ids "ava256/<SID>/<frame:06d>" of the frames with files.
@@ -163,6 +212,8 @@ def write_ava256(
     image_size = (CALIBRATION_SIZE[0] // image_downscale, round(CALIBRATION_SIZE[1] / image_downscale))
     (out / "assets").mkdir(parents=True, exist_ok=True)
     template = subdivided(assets.model.v_template, assets)[order] * 1000.0
+    photo_faces = np.concatenate([faces, eyeball_faces(assets, order)]) if stress else faces
+    sample = st.stress_params if stress else sample_params
     write_uv_obj(out / "assets" / "face_topology.obj", template, faces,
                  UVLayout(vt=uv, ft=faces, vertex_uv=uv))
     ids = []
@@ -180,9 +231,11 @@ def write_ava256(
             for i, cid in enumerate(cam_ids)]}
         (decoder / "camera_calibration.json").write_text(json.dumps(calib, indent=1))
 
-        identity = sample_params(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
+        identity = sample(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
         colors = skin_colors(assets, assets.model.v_template, rng)
         offset = np.array([0.0, 0.03, -0.02]) + rng.uniform(-0.01, 0.01, 3)
+        if stress:
+            hair_color = np.asarray(HAIR_COLORS[int(rng.integers(len(HAIR_COLORS)))])
         frame_ids = [100 + 5 * i for i in range(frames + 1)]
         missing = frame_ids[len(frame_ids) // 2]
         with open(decoder / "frame_list.csv", "w", newline="") as fh:
@@ -198,15 +251,23 @@ def write_ava256(
             for fid in frame_ids:
                 if fid == missing:
                     continue
-                params = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
+                params = sample(rng, assets.model.num_shape, assets.model.num_expression)
                 params["shape"] = identity
                 params["translation"] = offset
                 truth = posed_truth(assets, params)
+                if stress:
+                    truth = add_detail(truth, assets.model.faces, rng)
                 lmk = frontal_landmarks(assets, truth)
                 scan_id = f"ava256/{sid}/{fid:06d}"
                 write_truth(out, scan_id, truth, 1.0, params, landmarks=lmk)
-                local_mm = subdivided(truth, assets)[order] * 1000.0
-                local_mm = local_mm + rng.normal(0.0, 0.1, local_mm.shape)
+                if stress:
+                    local_m, scene = stress_frame(assets, truth, order, faces, photo_faces, colors, hair_color, rng)
+                    local_mm = local_m * 1000.0
+                else:
+                    local_mm = subdivided(truth, assets)[order] * 1000.0
+                    local_mm = local_mm + rng.normal(0.0, 0.1, local_mm.shape)
+                    scene = (truth, assets.model.faces, colors)
+                scene_v, scene_f, scene_c = scene  # what the photos show
                 H_R = Rotation.from_rotvec(rng.uniform(-0.3, 0.3, 3)).as_matrix()
                 H_t = rng.normal(0.0, 30.0, 3)
                 zips["mesh"].writestr(f"{fid:06d}.ply", vertex_only_ply(local_mm))
@@ -224,7 +285,7 @@ def write_ava256(
                     k_small = scale_intrinsics(K[i], CALIBRATION_SIZE, image_size)
                     cam = Cameras(K=torch.as_tensor(k_small)[None], R=torch.as_tensor(R)[None],
                                   t=torch.as_tensor(t)[None], image_size=image_size)
-                    image = render_shaded(truth, assets.model.faces, cam, colors, background=BACKGROUND)
+                    image = render_shaded(scene_v, scene_f, cam, scene_c, background=BACKGROUND)
                     image = distort_image(image, k_small, dists[i], BACKGROUND)
                     buf = io.BytesIO()
                     Image.fromarray(image).save(buf, format="AVIF", quality=90)

@@ -16,10 +16,15 @@ Layout written (the real layout is described in docs/datasets.md)::
     <out>/fsmview_trainset/<id>/<k>_<name>/<view>.jpg, params.json
     <out>/Rt_scale_dict.json                  {str(id): {str(k): [s, [[R_s | t_s]] (3x4)]}}
     <out>/_truth/facescape-mview__<id>__<k>_<name>.npz   truth in the FLAME frame (metres_per_unit 1)
+
+Stress setting (``stress=True``, docs/datasets.md "Stress setting"): hard parameters, the detailed truth,
+and :func:`p3dmm.pipeline.synth.stress.stress_scan` as the MVS mesh; the photos show what that scan was cut
+from (:func:`stress_tuple`), so mesh, cameras and photos stay one consistent capture.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -29,6 +34,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 from scipy.ndimage import map_coordinates
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from p3dmm.flame.assets import FlameAssets
@@ -37,7 +43,16 @@ from p3dmm.flame.mesh import drop_unused_vertices, face_normals_np, save_mesh
 from p3dmm.flame.render import render_shaded
 from p3dmm.flame.similarity import Similarity
 from p3dmm.pipeline.render.photos import undistort_points
-from p3dmm.pipeline.synth.scans import posed_truth, sample_params, skin_colors, write_truth
+from p3dmm.pipeline.synth import stress as st
+from p3dmm.pipeline.synth.scans import (
+    HAIR_COLORS,
+    add_detail,
+    posed_truth,
+    sample_params,
+    skin_colors,
+    subdivide_until,
+    write_truth,
+)
 
 EXPRESSION_NAMES = (
     "neutral", "smile", "mouth_stretch", "anger", "jaw_left", "jaw_right", "jaw_forward", "mouth_left",
@@ -48,6 +63,8 @@ EXPRESSION_NAMES = (
 
 BACKGROUND = (40, 190, 70)
 """Photo background colour (far from any skin shade, so tests can tell foreground by colour)."""
+CLOTHES_COLORS = ((0.15, 0.18, 0.35), (0.45, 0.45, 0.48), (0.42, 0.12, 0.15), (0.85, 0.85, 0.82), (0.08, 0.08, 0.09))
+"""Stress photos: the torso's clothing colours (navy, grey, maroon, white, black: none near BACKGROUND)."""
 
 
 # -- colours ---------------------------------------------------------------------------------------
@@ -131,14 +148,62 @@ def random_sfm_transform(rng: np.random.Generator, verts_mm: np.ndarray) -> tupl
     return s, rot, t_s
 
 
+# -- stress setting ----------------------------------------------------------------------------------
+
+
+def paint_points(points: np.ndarray, surface: np.ndarray, surface_colors: np.ndarray, hair_color: np.ndarray,
+                 clothes_color: np.ndarray, neck_y: float, tol_m: float = 0.004) -> tuple[np.ndarray, np.ndarray]:
+    """Colours (P, 3) of scan points for the photos, and the (P,) mask of points off the subject.
+
+    A point within ``tol_m`` of a ``surface`` vertex takes that vertex's colour (the scan is the surface
+    decimated, with 0.2 mm noise); one farther off is clutter only the scan has: clothing below ``neck_y``
+    (torso), hair above (bridge triangles, floating fragments such as stray hair).
+    """
+    distance, nearest = cKDTree(surface).query(points)
+    colors = surface_colors[nearest]
+    off = distance > tol_m
+    below = points[:, 1] < neck_y
+    colors[off & below] = clothes_color
+    colors[off & ~below] = hair_color
+    return colors, off
+
+
+def stress_tuple(assets: FlameAssets, truth: np.ndarray, colors: np.ndarray, hair_color: np.ndarray,
+                 clothes_color: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The stress MVS mesh of a tuple (metres, FLAME frame) and the scene its photos render.
+
+    The mesh is :func:`stress.stress_scan` of the detailed ``truth``. The photos must show the person
+    that mesh was reconstructed from, not the bald truth: the whole hair-capped surface
+    (:func:`stress.hair_surface` of a twin of ``rng``: the same hairline and thickness, without the
+    scanner's holes) plus the scan's faces off that surface (torso, bridge, fragments). ``colors``:
+    (V, 3) per FLAME vertex (the subject's skin), interpolated like the vertices.
+
+    Returns:
+        mesh vertices (P, 3), mesh faces (F, 3), and (vertices, faces, colours) of the photo scene.
+    """
+    twin = copy.deepcopy(rng)
+    scan_v, scan_f = st.stress_scan(assets, truth, rng)
+    surface_v, surface_f, hair = st.hair_surface(assets, truth, twin)
+    surface_c, _ = subdivide_until(np.asarray(colors, dtype=np.float64), assets.model.faces, len(surface_f))
+    surface_c[hair] = hair_color
+    scan_c, off = paint_points(scan_v, surface_v, surface_c, hair_color, clothes_color, truth[:, 1].min() + 0.005)
+    clutter = scan_f[off[scan_f].any(axis=1)]
+    extra_v, extra_f = drop_unused_vertices(scan_v, clutter)
+    extra_c = scan_c[np.unique(clutter)]  # drop_unused_vertices keeps the used vertices in index order
+    scene = (np.concatenate([surface_v, extra_v]), np.concatenate([surface_f, extra_f + len(surface_v)]),
+             np.concatenate([surface_c, extra_c]))
+    return scan_v, scan_f, scene
+
+
 # -- the writer --------------------------------------------------------------------------------------
 
 
 def write_synthetic(out: str | os.PathLike, assets: FlameAssets, *, subjects: int, expressions: int,
-                    seed: int) -> list[str]:
+                    seed: int, stress: bool = False) -> list[str]:
     """The dataset registry's uniform writer: subjects 1..N with expressions k = 1..M."""
     return write_facescape_mview(out, assets, list(range(1, subjects + 1)), list(range(1, expressions + 1)),
-                                 seed=seed)
+                                 seed=seed, stress=stress)
 
 
 def write_facescape_mview(
@@ -149,6 +214,8 @@ def write_facescape_mview(
     seed: int,
     views: int = 6,
     image_size: tuple[int, int] = (240, 360),
+    *,
+    stress: bool = False,
 ) -> list[str]:
     """Write FaceScape multi-view tuples for ``subjects`` x ``expressions`` (1-based k) under ``out``.
 
@@ -159,6 +226,10 @@ def write_facescape_mview(
         seed: everything is deterministic given it.
         views: cameras per tuple, yaw spread over ±60°; view 1 (when views > 2) is marked invalid.
         image_size: (H, W) of the photos.
+        stress: hard parameters (:func:`stress.stress_params`), the detailed truth, and
+            :func:`stress_tuple`: the stress scan as the MVS mesh (hair cap, unseen parts and holes, torso
+            bridge, fragments, decimation, noise) instead of :func:`mvs_mesh`, photos of the hair-capped
+            subject with torso and fragments; per subject also a hair and a clothing colour.
 
     Returns:
         The scan ids written, "facescape-mview/<id>/<k>_<name>".
@@ -171,20 +242,30 @@ def write_facescape_mview(
     rng = np.random.default_rng(seed)
     root = Path(out) / "fsmview_trainset"
     rt_dict: dict[str, dict[str, list]] = {}
+    sample = st.stress_params if stress else sample_params
     ids = []
     for sid in subjects:
-        identity = sample_params(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
+        identity = sample(rng, assets.model.num_shape, assets.model.num_expression)["shape"]
         colors = skin_colors(assets, assets.model.v_template, rng)
+        if stress:
+            hair_color = np.asarray(HAIR_COLORS[int(rng.integers(len(HAIR_COLORS)))])
+            clothes_color = np.asarray(CLOTHES_COLORS[int(rng.integers(len(CLOTHES_COLORS)))])
         for k in expressions:
             tuple_name = f"{int(k)}_{EXPRESSION_NAMES[int(k) - 1]}"
-            params = sample_params(rng, assets.model.num_shape, assets.model.num_expression)
+            params = sample(rng, assets.model.num_shape, assets.model.num_expression)
             params["shape"] = identity
             params["translation"] = rng.uniform(-0.02, 0.02, 3) + np.array([0.0, -0.02, 0.0])
             truth = posed_truth(assets, params)
+            if stress:
+                truth = add_detail(truth, assets.model.faces, rng)
             scan_id = f"facescape-mview/{int(sid)}/{tuple_name}"
             write_truth(out, scan_id, truth, 1.0, params)
 
-            raw_m, raw_f = mvs_mesh(truth, assets.model.faces, rng)
+            if stress:
+                raw_m, raw_f, scene = stress_tuple(assets, truth, colors, hair_color, clothes_color, rng)
+            else:
+                raw_m, raw_f = mvs_mesh(truth, assets.model.faces, rng)
+                scene = (truth, assets.model.faces, colors)
             s, rot_s, t_s = random_sfm_transform(rng, truth * 1000.0)
             folder = root / str(int(sid))
             (folder / tuple_name).mkdir(parents=True, exist_ok=True)
@@ -194,17 +275,19 @@ def write_facescape_mview(
                 s, np.concatenate([rot_s, t_s[:, None]], axis=1).tolist()
             ]
             sfm_to_flame = Similarity(s / 1000.0, rot_s, t_s / 1000.0)  # x_flame (m) from x_sfm
-            _write_photos(folder / tuple_name, truth, assets, colors, sfm_to_flame, views, image_size, rng)
+            centre = truth.mean(axis=0) + np.array([0.0, 0.0, 0.03])
+            _write_photos(folder / tuple_name, centre, scene, sfm_to_flame, views, image_size, rng)
             ids.append(scan_id)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "Rt_scale_dict.json").write_text(json.dumps(rt_dict))
     return ids
 
 
-def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: np.ndarray,
+def _write_photos(folder: Path, centre: np.ndarray, scene: tuple[np.ndarray, np.ndarray, np.ndarray],
                   sfm_to_flame: Similarity, views: int, image_size: tuple[int, int], rng: np.random.Generator) -> None:
-    """Render ``views`` distorted photos of the truth mesh and write params.json in SfM units."""
-    centre = truth.mean(axis=0) + np.array([0.0, 0.0, 0.03])
+    """Render ``views`` distorted photos of ``scene`` (vertices in the FLAME frame, faces, vertex colours:
+    the truth mesh, or a stress tuple's subject) looking at ``centre``, and write params.json in SfM units."""
+    verts, faces, colors = scene
     yaws = np.linspace(-60.0, 60.0, views)
     cams = orbit_cameras(centre, yaws, distance_m=0.7, fov_deg=26.0, image_size=image_size, rng=rng)
     params: dict[str, object] = {}
@@ -213,7 +296,7 @@ def _write_photos(folder: Path, truth: np.ndarray, assets: FlameAssets, colors: 
         R_c, t_c = cams.R[v].numpy(), cams.t[v].numpy()
         dist = [rng.uniform(-0.08, 0.08), rng.uniform(-0.05, 0.05), rng.uniform(-0.002, 0.002),
                 rng.uniform(-0.002, 0.002), rng.uniform(-0.01, 0.01)]
-        image = render_shaded(truth, assets.model.faces, cams[v], colors, background=BACKGROUND)
+        image = render_shaded(verts, faces, cams[v], colors, background=BACKGROUND)
         image = distort_image(image, K, dist, BACKGROUND)
         Image.fromarray(image).save(folder / f"{v}.jpg", quality=92)
         # x_cam (metres) = R_c x_flame + t_c with x_flame = (R_s s x_sfm + t_s) / 1000: a rigid SfM camera

@@ -2,7 +2,8 @@
 
 All PLYs are in "NPHM space" = FLAME frame x 4 (docs/datasets.md). scan.ply is a binary PLY with
 per-face ``texcoord`` (6 floats) and a ``comment TextureFile texture.png`` line; the scan has hair
-(a new hairstyle per expression), a torso and bridging triangles.
+(a new hairstyle per expression), a torso and bridging triangles. flame.ply is a deliberately rough
+FLAME fit (:class:`RoughFit`), as NPHM's shipped fits are: a start for registration, not an answer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,50 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
+@dataclass(frozen=True)
+class RoughFit:
+    """How far the synthetic flame.ply is from the truth's FLAME parameters (defaults: docs/datasets.md
+    gives the resulting per-vertex error). Coefficients are in units of their sigma, angles in degrees.
+
+    Args:
+        shape_sigma: noise on the first `shape_components` identity coefficients.
+        expression_sigma: noise on the first `expression_components` expression coefficients.
+        rotation_deg: noise per axis on the global rotation (axis-angle, added).
+        jaw_deg: noise per axis on the jaw rotation.
+        translation_mm: noise per axis on the translation.
+    """
+
+    shape_sigma: float = 0.3
+    shape_components: int = 50
+    expression_sigma: float = 0.3
+    expression_components: int = 20
+    rotation_deg: float = 1.0
+    jaw_deg: float = 2.0
+    translation_mm: float = 1.5
+
+
+def rough_fit_rng(seed: int, subject: int, expression: int) -> np.random.Generator:
+    """The rough fit's own random stream, from the writer's seed and the scan's ids: drawing from the main
+    stream would change every file written after the first flame.ply."""
+    return np.random.default_rng([seed, subject, expression, 0x666C616D])  # "flam"
+
+
+def rough_params(params: dict[str, np.ndarray], rng: np.random.Generator,
+                 rough: RoughFit = RoughFit()) -> dict[str, np.ndarray]:
+    """The truth's FLAME parameters (:func:`scans.sample_params` keys) with :class:`RoughFit` noise."""
+    out = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params.items()}
+    k = min(rough.shape_components, len(out["shape"]))
+    out["shape"][:k] += rng.normal(0.0, rough.shape_sigma, k)
+    k = min(rough.expression_components, len(out["expression"]))
+    out["expression"][:k] += rng.normal(0.0, rough.expression_sigma, k)
+    pose = out["pose"].reshape(5, 3)
+    pose[0] += np.radians(rng.normal(0.0, rough.rotation_deg, 3))
+    pose[2] += np.radians(rng.normal(0.0, rough.jaw_deg, 3))
+    out["pose"] = pose.reshape(15)
+    out["translation"] = out["translation"] + rng.normal(0.0, rough.translation_mm * 1e-3, 3)
+    return out
+
+
 def write_nphm(
     out: str | os.PathLike,
     assets: FlameAssets,
@@ -89,6 +135,9 @@ def write_nphm(
         target_faces: minimum faces of the head part of each scan (before clutter).
         stress: hard parameters and raw-scan-like meshes (:mod:`p3dmm.pipeline.synth.stress`) instead of
             the densified truth plus :func:`scans.add_clutter`.
+
+    flame.ply is FLAME of :func:`rough_params` (about 6 mm median off the truth over the face), drawn from
+    :func:`rough_fit_rng`, so every other file is what it would be with an exact fit.
     """
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -119,7 +168,8 @@ def write_nphm(
             write_textured_ply(folder / "scan.ply", sv * NPHM_SCALE, sf, face_uv, "texture.png")
             albedo = ss.scan_albedo(assets, truth, sv, rng)
             ss.save_png(folder / "texture.png", ss.bake_texture(face_uv, sf, albedo, texture_size))
-            save_mesh(folder / "flame.ply", fit * NPHM_SCALE, faces)
+            rough = ss.posed_truth(assets, rough_params(params, rough_fit_rng(seed, sid, eid)))
+            save_mesh(folder / "flame.ply", rough * NPHM_SCALE, faces)
             rv, rf = ss.subdivide_until(truth, faces, 2 * len(faces))
             save_mesh(folder / "registration.ply", rv * NPHM_SCALE, rf)
             s = np.float64(rng.uniform(0.0038, 0.0042))

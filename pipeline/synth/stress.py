@@ -15,6 +15,9 @@ the detailed truth the way a scanner sees a real person (docs/datasets.md, "Stre
    floating patches near the head.
 6. :func:`decimate` to about 100k faces, :func:`normal_noise` of 0.2 mm, shuffled vertex order.
 
+Layouts with photos also need the subject the cameras saw: :func:`hair_surface` replays steps 1-2 whole
+(facescape-mview's photos; ava256 applies steps 2 and 6 to its fixed tracked topology instead).
+
 All functions are vectorised numpy and deterministic for a ``numpy.random.Generator`` state.
 """
 
@@ -109,6 +112,22 @@ def hair_cap(verts: np.ndarray, faces: np.ndarray, hair: np.ndarray, rng: np.ran
     out = verts.copy()
     out[hair] += vertex_normals_np(verts, faces)[hair] * thickness[hair, None]
     return out
+
+
+def hair_surface(assets: FlameAssets, truth: np.ndarray, rng: np.random.Generator, *,
+                 target_faces: int = STRESS_FACES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole subject a camera photographs, before any scanner defect: steps 1-2 of :func:`stress_scan`
+    (the detailed truth subdivided to ``target_faces``, the :func:`hair_cap` on; no holes, eyeballs and the
+    back of the head kept). Returns (V, 3) vertices, (F, 3) faces and the (V,) hair mask.
+
+    Why: a layout with photos must show the hair its stress scan has. :func:`stress_scan` draws the
+    hairline and the hair thickness before anything else, so a twin of the generator it is given
+    (``copy.deepcopy(rng)`` before the call, same ``target_faces``) gives here the very surface that scan
+    is cut from (pipeline/synth/facescape_mview.py renders it).
+    """
+    verts, faces = ss.subdivide_until(truth, assets.model.faces, target_faces)
+    hair = hair_mask(verts, truth, np.asarray(assets.masks.get("scalp", []), dtype=np.int64), rng)
+    return hair_cap(verts, faces, hair, rng), faces, hair
 
 
 def rig_cameras(centre: np.ndarray, distance_m: float = 0.8, fov_deg: float = 30.0,

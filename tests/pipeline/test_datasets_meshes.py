@@ -20,7 +20,15 @@ from p3dmm.pipeline.datasets import facescape, generic, nphm
 from p3dmm.pipeline.synth import scans as ss
 from p3dmm.pipeline.synth.facescape import IPD_MM, LANDMARK_FILE, write_facescape
 from p3dmm.pipeline.synth.generic import write_generic
-from p3dmm.pipeline.synth.nphm import NPHM_SCALE, cylinder_uv, write_nphm, write_textured_ply
+from p3dmm.pipeline.synth.nphm import (
+    NPHM_SCALE,
+    RoughFit,
+    cylinder_uv,
+    rough_fit_rng,
+    rough_params,
+    write_nphm,
+    write_textured_ply,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +82,64 @@ def test_nphm_scan_in_flame_metres_with_clutter(data):
         assert edges.max() > 0.1  # bridging triangles
 
 
-def test_nphm_flame_fit_is_flame_times_four(data):
-    record = next(nphm.iter_records(data["root"] / "nphm"))
-    truth = ss.read_truth(data["root"] / "nphm", record.scan_id)
+def test_nphm_flame_fit_is_a_rough_fit_times_four(data):
+    """flame.ply is FLAME of the truth's parameters with RoughFit noise (its own random stream), x 4."""
     from p3dmm.flame.mesh import load_mesh
 
+    assets = data["assets"]
+    record = next(nphm.iter_records(data["root"] / "nphm"))
+    truth = ss.read_truth(data["root"] / "nphm", record.scan_id)
     fit, _ = load_mesh(record.extra["flame"])
-    assert np.abs(fit / NPHM_SCALE - truth["vertices"]).max() < 2e-3  # truth = fit + detail (< 1 mm bumps)
+    params = {k: truth[k] for k in ("shape", "expression", "pose", "translation")}
+    expected = ss.posed_truth(assets, rough_params(params, rough_fit_rng(1, 17, 0)))
+    assert np.abs(fit / NPHM_SCALE - expected).max() < 1e-6  # float32 storage
+    error_mm = np.linalg.norm(fit / NPHM_SCALE - truth["vertices"], axis=1)[assets.masks["face"]] * 1000
+    assert 1.0 < np.median(error_mm) < 12.0  # rough, as NPHM's shipped fits are, but a usable start
+
+
+def test_nphm_init_vertices_in_the_scan_frame(data):
+    assets = data["assets"]
+    for record in nphm.iter_records(data["root"] / "nphm"):
+        scan = nphm.load_scan(record)
+        truth = ss.read_truth(data["root"] / "nphm", record.scan_id)["vertices"]  # the scan's frame and units
+        assert scan.init_vertices.shape == truth.shape and scan.init_vertices.dtype == np.float64
+        error_mm = np.linalg.norm(scan.init_vertices - truth, axis=1)[assets.masks["face"]] * 1000
+        assert 1.0 < np.median(error_mm) < 12.0, record.scan_id
+
+
+def test_nphm_flame_fit_missing_corrupt_or_nan(data, tmp_path):
+    import trimesh
+
+    src = data["root"] / "nphm" / "017" / "000"
+    for eid in ("000", "001", "002"):
+        shutil.copytree(src, tmp_path / "017" / eid)
+    (tmp_path / "017" / "000" / "flame.ply").unlink()
+    corrupt = tmp_path / "017" / "001" / "flame.ply"
+    corrupt.write_bytes(corrupt.read_bytes()[:200])
+    nan = tmp_path / "017" / "002" / "flame.ply"
+    mesh = trimesh.load(nan, process=False)
+    mesh.vertices[3] = np.nan
+    mesh.export(nan)
+    records = list(nphm.iter_records(tmp_path))
+    assert "flame" not in records[0].extra and nphm.load_scan(records[0]).init_vertices is None
+    with pytest.raises(ScanError, match=rf"^{corrupt}: "):
+        nphm.load_scan(records[1])
+    with pytest.raises(ScanError, match=rf"^{nan}: 1 of \d+ vertices are NaN"):
+        nphm.load_scan(records[2])
+
+
+def test_nphm_rough_fit_leaves_every_other_file_as_it_was(data, tmp_path, monkeypatch):
+    """The rough fit draws from its own generator: changing how rough it is changes flame.ply only."""
+    from p3dmm.pipeline.synth import nphm as synth_nphm
+
+    args = dict(subjects=[17], expressions=1, seed=4, target_faces=2000, texture_size=32)
+    write_nphm(tmp_path / "a", data["assets"], **args)
+    rougher = RoughFit(shape_sigma=1.0, rotation_deg=5.0)
+    monkeypatch.setattr(synth_nphm, "rough_params", lambda params, rng: rough_params(params, rng, rougher))
+    write_nphm(tmp_path / "b", data["assets"], **args)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    changed = [str(f) for f in files if (tmp_path / "a" / f).read_bytes() != (tmp_path / "b" / f).read_bytes()]
+    assert changed == ["017/000/flame.ply"]
 
 
 def test_nphm_wrong_units_refused(data, tmp_path):

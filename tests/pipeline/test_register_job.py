@@ -19,7 +19,7 @@ from p3dmm.flame.files import load_assets
 from p3dmm.flame.synth import write_synthetic_flame
 from p3dmm.pipeline.datasets import write_synthetic
 
-FAST = json.dumps({"fit_iterations": 120, "align_candidates": 8})
+FAST = json.dumps({"fit_iterations": 24, "align_candidates": 8})
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,52 @@ def test_missing_reader_option_is_named_before_any_work(dataset, tmp_path, capsy
                  "--out", str(tmp_path / "out")]) == 2
     assert "dataset ava256 needs source option(s) topology" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# --- starts: the dataset's FLAME fit, detected landmarks -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nphm_dataset(dataset, tmp_path_factory):
+    """One synthetic NPHM scan: textured, no landmark files, a rough flame.ply beside it."""
+    flame, _ = dataset
+    data = tmp_path_factory.mktemp("register_nphm") / "nphm"
+    write_synthetic("nphm", data, load_assets(flame), subjects=1, expressions=1, seed=4)
+    return flame, data
+
+
+def test_registration_job_with_dataset_init_and_detected_landmarks(nphm_dataset, tmp_path):
+    """registration_job -> one task (no Ray): the config's init reaches the task, landmarks are detected for a
+    reader that gives none, and the result says so."""
+    from p3dmm.pipeline.datasets import reader
+    from p3dmm.pipeline.jobs.register import register_one, registration_job
+    from p3dmm.pipeline.registered import load_registered
+    from p3dmm.registration.config import RegistrationConfig
+
+    flame, data = nphm_dataset
+    config = RegistrationConfig(init="dataset", **json.loads(FAST))
+    job = registration_job("nphm", data, tmp_path / "out", flame, registration=config, landmarks="detect")
+    assert job.registration.init == "dataset" and job.landmarks == "detect"
+    record = next(reader("nphm").iter_records(job.root))
+    result = register_one((record, job))
+    assert result["status"] in ("ok", "rejected"), result
+    assert "points detected" in result["landmarks"]
+    registered = load_registered(Path(job.out_dir) / result["output"])
+    assert registered.vertices.shape == (load_assets(flame).model.num_vertices, 3)
+    with pytest.raises(ValueError, match="landmarks must be one of dataset, detect, detect-always"):
+        registration_job("nphm", data, tmp_path / "out", flame, landmarks="detected")
+
+
+def test_init_and_landmarks_options_reach_the_job(nphm_dataset, tmp_path, capsys):
+    flame, data = nphm_dataset
+    out = tmp_path / "out"
+    argv = ["register", "--source", "nphm", "--root", str(data), "--flame", str(flame), "--out", str(out),
+            "--num-cpus", "1", "--progress", "false", "--registration"]
+    assert main([*argv, json.dumps({"init": "dataset"}), "--init", "template"]) == 2
+    assert "--init template contradicts --registration's init 'dataset'" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*argv, FAST, "--init", "dataset", "--landmarks", "detect"]) == 0
+    job = json.loads((out / "job.json").read_text())
+    assert job["registration"]["init"] == "dataset" and job["landmarks"] == "detect"
+    (entry,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert entry["status"] in ("ok", "rejected") and "points detected" in entry["landmarks"]

@@ -19,7 +19,7 @@ from p3dmm.pipeline.shards.format import FOREGROUND, decode_sample, encode_flags
 from p3dmm.pipeline.shards.reader import iter_samples, shard_paths
 from p3dmm.pipeline.shards.writer import write_shard
 
-FAST = json.dumps({"fit_iterations": 120, "align_candidates": 8})
+FAST = json.dumps({"fit_iterations": 24, "align_candidates": 8})
 
 
 @pytest.fixture(scope="module")

@@ -62,14 +62,14 @@ def test_register_synthetic_scan(assets, seed, landmarks, arbitrary):
 def test_sphere_is_rejected(assets, radius):
     reg = register_scan(sphere_scan(radius), assets)
     assert not reg.accepted
-    assert "FLAME fit" in reg.reason  # the fit alone cannot explain a sphere, whatever offsets do
+    assert "implausible" in reg.reason  # FLAME fits a sphere only with an identity far outside its prior
 
 
 def test_misaligned_other_head_is_rejected(assets):
     s = make_scan(assets, 3, landmarks=False)
     rot = Rotation.from_euler("y", 100, degrees=True).as_matrix()
     turned = dataclasses.replace(s.scan, vertices=s.scan.vertices @ rot.T)
-    reg = register_scan(turned, assets, RegistrationConfig(fit_iterations=100))
+    reg = register_scan(turned, assets, RegistrationConfig(fit_iterations=24))
     assert not reg.accepted
     assert reg.reason
 
