@@ -27,8 +27,8 @@ def synth_scans(*, layout: Source, out: Path, flame: Path | None = None, subject
         subjects: number of subjects (identities).
         expressions: expressions (or frames) per subject.
         seed: random seed; same seed, same data.
-        stress: the hard setting (hair, holes, unseen parts, torso bridge, fragments, strong poses; layouts
-            generic, nphm, facescape; docs/datasets.md "Stress setting").
+        stress: the hard setting (hair, holes, unseen parts, torso bridge, fragments, strong poses; every
+            layout, as far as its data allows: docs/datasets.md "Stress setting").
     """
     from p3dmm.commands.flame import _load
     from p3dmm.pipeline.datasets import write_synthetic
