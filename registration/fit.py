@@ -50,16 +50,12 @@ class FitData:
         normals: (P, 3) unit normals, or None for unknown orientation.
         tree: cKDTree over `points`.
         landmarks: (68, 3) float64 or None; NaN rows are skipped.
-        landmark_map: (68, 68) or None: the model's counterparts of `landmarks` are landmark_map @ the
-            model's iBUG landmarks (the five-point convention of detected landmarks,
-            `p3dmm.flame.landmarks.five_point_matrix`); None = the iBUG landmarks themselves.
     """
 
     points: np.ndarray
     normals: np.ndarray | None
     tree: cKDTree
     landmarks: np.ndarray | None
-    landmark_map: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +155,6 @@ class _Problem:
         prior[n + 9 : n + 15] = config.w_pose  # eyes: no data sees them (eyeballs are not fitted)
         self.prior = prior
         self.landmarks = None
-        self.landmark_map = None if data.landmark_map is None else torch.as_tensor(data.landmark_map)
         if data.landmarks is not None and flame.has_landmarks:
             ok = np.isfinite(data.landmarks).all(axis=1)
             self.landmarks = (np.nonzero(ok)[0], data.landmarks[ok])
@@ -175,14 +170,8 @@ class _Problem:
         with torch.no_grad():
             out = self.flame(shape=shape[None], expression=expr[None], pose=pose[None], translation=trans[None])
         scale = float(np.exp(x[-1]))
-        lmk = None if out.landmarks is None else self._mapped(out.landmarks[0]).numpy() * scale
+        lmk = None if out.landmarks is None else out.landmarks[0].numpy() * scale
         return out.vertices[0].numpy() * scale, lmk
-
-    def _mapped(self, landmarks: torch.Tensor) -> torch.Tensor:
-        """The model's counterparts of the scan landmarks: (68, 3) or (68, 3, P) Jacobian rows."""
-        if self.landmark_map is None:
-            return landmarks
-        return torch.einsum("lk,k...->l...", self.landmark_map, landmarks)
 
     def linearise(
         self, x: np.ndarray, rows: torch.Tensor,
@@ -197,8 +186,8 @@ class _Problem:
         d_verts = torch.cat((jac.d_vertices * scale, verts_t[rows, :, None]), -1)
         lmk = d_lmk = None
         if jac.landmarks is not None:
-            lmk_t = self._mapped(jac.landmarks) * scale
-            d_lmk = torch.cat((self._mapped(jac.d_landmarks) * scale, lmk_t[..., None]), -1)
+            lmk_t = jac.landmarks * scale
+            d_lmk = torch.cat((jac.d_landmarks * scale, lmk_t[..., None]), -1)
             lmk = lmk_t.numpy()
         return verts_t.numpy(), lmk, d_verts, d_lmk
 

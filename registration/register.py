@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 from scipy.stats import chi2
 
 from p3dmm.flame.assets import FlameAssets
-from p3dmm.flame.landmarks import five_point_landmarks, five_point_matrix, is_five_point
+from p3dmm.flame.landmarks import five_point_landmarks, is_five_point
 from p3dmm.flame.mesh import vertex_normals_np
 from p3dmm.flame.model import FLAME
 from p3dmm.flame.scan import ScanGeometry
@@ -224,12 +224,14 @@ def _fit_data(
     rng: np.random.Generator,
 ) -> FitData:
     """The FLAME fit's scan side: `config.fit_points` random points (the fit's cost grows with them),
-    their normals and the landmarks in the aligned frame. Draws from `rng` after the alignment search."""
+    their normals and the landmarks in the aligned frame (not five detected points: measured ~1 cm off,
+    they made the fit worse). Draws from `rng` after the alignment search."""
     sub = rng.choice(len(scan.points), min(len(scan.points), config.fit_points), replace=False)
+    if landmarks is not None and is_five_point(landmarks):
+        landmarks = None  # detected points are ~1 cm off (docs/registration.md): an alignment, not a fit term
     return FitData(
         points=scan.points[sub], normals=None if scan.normals is None else scan.normals[sub],
         tree=cKDTree(scan.points[sub]), landmarks=None if landmarks is None else sim0.invert_points(landmarks),
-        landmark_map=five_point_matrix() if landmarks is not None and is_five_point(landmarks) else None,
     )
 
 
