@@ -59,7 +59,7 @@ class RegistrationConfig:
         identity_quantile: the fitted identity must be plausible under FLAME's own prior: |shape|^2 (sigma
             units) below this quantile of chi^2 with n_shape degrees of freedom (0.999: RMS 1.22 sigma
             for 100 components). Head-sized spheres and ellipsoids fit to 0.2 mm only with identities of
-            1.4-2.2 sigma RMS; registered heads measured 0.45-0.81.
+            1.4-2.2 sigma RMS; heads registered within 1 mm measured 0.40-0.94.
         init: "template" starts from FLAME's mean head (landmarks or the alignment search place it);
             "dataset" starts from the FLAME fit the dataset ships with the scan (`ScanGeometry.init_vertices`,
             NPHM's ``flame.ply``), falling back to "template" for a scan without one.

@@ -143,8 +143,8 @@ class _Problem:
     """The fit's cost around one parameter vector x = [shape, expression, pose (15), translation (3),
     log_scale]: the FLAME forward, its Jacobian, the priors, and the cost at a trial x."""
 
-    def __init__(self, flame: FLAME, data: FitData, config: RegistrationConfig):
-        self.flame, self.data, self.config = flame, data, config
+    def __init__(self, flame: FLAME, landmarks: np.ndarray | None, config: RegistrationConfig):
+        self.flame, self.config = flame, config
         self.basis = jacobian_basis(flame)
         self.n_shape, self.n_expr = flame.n_shape, flame.n_expression
         n = self.n_shape + self.n_expr
@@ -155,9 +155,9 @@ class _Problem:
         prior[n + 9 : n + 15] = config.w_pose  # eyes: no data sees them (eyeballs are not fitted)
         self.prior = prior
         self.landmarks = None
-        if data.landmarks is not None and flame.has_landmarks:
-            ok = np.isfinite(data.landmarks).all(axis=1)
-            self.landmarks = (np.nonzero(ok)[0], data.landmarks[ok])
+        if landmarks is not None and flame.has_landmarks:
+            ok = np.isfinite(landmarks).all(axis=1)
+            self.landmarks = (np.nonzero(ok)[0], landmarks[ok])
 
     def split(self, x: np.ndarray) -> tuple[torch.Tensor, ...]:
         t = torch.as_tensor(x, dtype=self.flame.v_template.dtype)
@@ -314,12 +314,12 @@ def _with(x: np.ndarray, index: int, value: float) -> np.ndarray:
 def _run_stage(
     problem: _Problem, x: np.ndarray, stage: tuple[float, float], k: int, steps: int, region: np.ndarray,
     core: np.ndarray | None, skin: np.ndarray, faces: np.ndarray, data: FitData, config: RegistrationConfig,
-    fit_scale: bool, n_stages: int | None = None,
+    fit_scale: bool,
 ) -> tuple[np.ndarray, float, bool, int]:
     """LM steps of stage k (robust scale, gate) until the cost settles or `steps` run out:
     (x, cost, converged, steps taken)."""
     sigma, gate = stage
-    n_stages = len(problem.config.fit_sigmas) if n_stages is None else n_stages
+    n_stages = len(config.fit_sigmas)
     flame = problem.flame
     free = _free_mask(flame.n_shape, flame.n_expression, coarse=k == 0, fit_scale=fit_scale)
     stage_region = core if core is not None and k < n_stages - 2 else region
@@ -352,13 +352,14 @@ def fit_flame(
     skin vertex outside `region`, e.g. scalp, are not pulled onto the face). Stages follow
     `config.fit_sigmas` / `config.fit_gates`; the first fits only the rigid pose, scale, jaw and the
     first identity components; the first two stages run once from each jaw opening of
-    `config.fit_jaw_starts` and the cheapest goes on. init: optional starting parameter vector (see `_Problem`; then one start). core: (V,)
-    bool, the data vertices of the wide stages (all but the last two); None = `region`. The forehead
+    `config.fit_jaw_starts` and the cheapest goes on. init: optional starting parameter vector (see
+    `_Problem`; then one start). core: (V,) bool, the data vertices of the wide stages (all but the
+    last two); None = `region`. The forehead
     is left out there: at a wide robust scale, hair over the hairline (5-20 mm out) would pull it and
     the identity with it; the tight stages see hair as the outlier it is.
     """
     faces = flame.faces.cpu().numpy()
-    problem = _Problem(flame, data, config)
+    problem = _Problem(flame, data.landmarks, config)
     n_par = flame.n_shape + flame.n_expression + 19
     x = np.zeros(n_par) if init is None else np.asarray(init, dtype=np.float64).copy()
     stages = list(zip(config.fit_sigmas, config.fit_gates, strict=True))
@@ -375,8 +376,7 @@ def fit_flame(
         x_k, cost, converged = start, float("nan"), False
         for k in range(n_wide):
             x_k, cost, converged, steps = _run_stage(problem, x_k, stages[k], k, budget.share(k, len(starts)),
-                                                     region, core, skin, faces, data, config, fit_scale,
-                                                     n_stages=len(stages))
+                                                     region, core, skin, faces, data, config, fit_scale)
             iterations += steps
         if best is None or cost < best[1]:
             best = (x_k, cost, converged)
@@ -385,7 +385,7 @@ def fit_flame(
     budget.used = iterations
     for k in range(n_wide, len(stages)):
         x, cost, converged, steps = _run_stage(problem, x, stages[k], k, budget.share(k), region, core, skin, faces,
-                                               data, config, fit_scale, n_stages=len(stages))
+                                               data, config, fit_scale)
         iterations += steps
         budget.used += steps
     verts, _ = problem.forward(x)
@@ -406,8 +406,7 @@ def fit_to_vertices(
 
     target: (V, 3) aligned frame. Vertex correspondences are known, so a few steps converge.
     """
-    problem = _Problem(flame, FitData(points=target[:1], normals=None, tree=cKDTree(target[:1]), landmarks=None),
-                       config)
+    problem = _Problem(flame, None, config)
     rows_np = np.nonzero(mask)[0]
     rows = torch.as_tensor(rows_np)
     x = np.zeros(flame.n_shape + flame.n_expression + 19)

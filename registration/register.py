@@ -166,18 +166,17 @@ def _model_setup(assets: FlameAssets, config: RegistrationConfig) -> _Model:
 
 
 def _initial_similarity(
-    scan: ScanGeometry, points: np.ndarray, landmarks: np.ndarray | None, model: _Model,
-    config: RegistrationConfig, rng: np.random.Generator,
+    scan: ScanGeometry, points: np.ndarray, landmarks: np.ndarray | None, init: np.ndarray | None,
+    model: _Model, config: RegistrationConfig, rng: np.random.Generator,
 ) -> tuple[Similarity, float]:
     """Similarity FLAME metres -> scan frame, and the search score in metres (NaN when nothing was searched).
 
-    In order: the dataset's own FLAME fit (`config.init == "dataset"`), Umeyama on the fit region;
+    In order: the dataset's own FLAME fit `init` (see `_dataset_init`), Umeyama on the fit region;
     landmarks, in closed form (five detected points only when the frame is unknown: in a known frame
     they are a worse start than ICP, ~1 cm off); a scan already in FLAME's frame, a trimmed ICP from
     the identity (a rigid one for metric scans); anything else is searched over orientations, scales
     and centres. Draws from `rng`.
     """
-    init = _dataset_init(scan, model, config)
     if init is not None:
         region = model.fit_region
         return umeyama(model.template[region], init[region], with_scale=not _metric_frame(scan)), float("nan")
@@ -367,12 +366,12 @@ def register_scan(scan: ScanGeometry, assets: FlameAssets, config: RegistrationC
     t0 = time.perf_counter()
     with _timed(times, "t_align_s"):
         model = _model_setup(assets, config)
-        sim0, align_score = _initial_similarity(scan, points, landmarks, model, config, rng)
+        init = _dataset_init(scan, model, config)
+        sim0, align_score = _initial_similarity(scan, points, landmarks, init, model, config, rng)
     aligned = _aligned_scan(points, faces, sim0)
     data = _fit_data(aligned, landmarks, sim0, config, rng)
     with _timed(times, "t_fit_s"):
         fit_scale = config.fit_scale and not _metric_frame(scan)
-        init = _dataset_init(scan, model, config)
         x0 = None if init is None else fit_to_vertices(model.flame, sim0.invert_points(init), ~model.eyes, config,
                                                        fit_scale)
         fit = fit_flame(model.flame, data, model.fit_region, model.skin, config, fit_scale=fit_scale,
