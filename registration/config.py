@@ -36,6 +36,16 @@ class RegistrationConfig:
         w_shape, w_expression, w_pose: Gaussian priors w |c|^2 on the coefficients in the model's own
             sigma units and on neck/jaw radians, against data costs of 1 per (1 mm residual)^2 averaged
             over each term's pairs (see `p3dmm.registration.fit`).
+        prior_graduation: a stage of robust scale sigma weighs the identity and expression priors by
+            (sigma / last sigma) ** this (2: the wide stages hold the identity near the mean, so clutter
+            within the wide robust scale does not become identity; 0: the same prior at every stage).
+        w_neck: prior on the neck rotation (radians). The face region is rigid above the neck, so neck and
+            global rotation only trade (the face error does not depend on the split); the global rotation
+            has no prior, so the split goes to it.
+        w_scale: prior w log(scale)^2 on the fit's scale change. Strong on purpose: FLAME's identity has
+            head-size components, so a free scale and the identity are nearly degenerate; unchecked, the fit
+            shrank the identity and grew the scale 10x (every identity component then moved 10x more for
+            its prior cost and overfitted). The alignment has set the scale; the identity carries the size.
         fit_scale: fit a global scale when the scan frame is unknown or not metric (fixed to 1 for metric scans).
         nicp_stiffness: membrane stiffness schedule of the offset solve, large to small; each level
             re-finds correspondences `nicp_inner` times. Relative to a data weight of 1 per vertex.
@@ -84,6 +94,9 @@ class RegistrationConfig:
     w_shape: float = 1e-3
     w_expression: float = 1e-3
     w_pose: float = 1e-2
+    w_scale: float = 100.0
+    w_neck: float = 1e-2
+    prior_graduation: float = 2.0
     fit_scale: bool = True
     nicp_stiffness: tuple[float, ...] = (20.0, 5.0, 1.5, 0.5)
     nicp_inner: int = 2
