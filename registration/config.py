@@ -56,6 +56,7 @@ class RegistrationConfig:
         nicp_point_weight: point-to-point share next to point-to-plane (keeps sliding in check).
         nicp_offset_prior: small pull of offsets to zero (vertices without data stay on the fit).
         coverage_radius: a face vertex is "covered" when a scan point is this close.
+        metric_points: scan points (a seeded random subset) the distance metrics are measured from.
         metric_gate: scan points farther than this from the registration are not scored (clutter).
         max_median_mm, max_p95_mm, min_coverage: acceptance on the final scan-to-registration distances
             and on the share of face vertices with scan support.
@@ -63,9 +64,9 @@ class RegistrationConfig:
             FLAME cannot explain (badly misaligned, not a head) is rejected even when free offsets could
             bend onto it. The p95 allows for hair over the hairline (good stress scans reach 4.1 mm).
         max_offset_p95_mm: the same idea on the NICP offsets, judged where the scan shows skin.
-        scale_range: accepted range of the fitted scale relative to the initial alignment. Wide, because
-            on a scan of unknown scale the fit trades the identity's size against the scale (FLAME-scale
-            identities measured 1.15-1.64 against landmark alignment); it catches a blown-up fit.
+        scale_range: accepted range of the fitted scale relative to the initial alignment. With `w_scale`
+            the fit moves it by a few percent at most; the rule catches a fit that blew up anyway (a
+            configuration with the scale prior off).
         identity_quantile: the fitted identity must be plausible under FLAME's own prior: |shape|^2 (sigma
             units) below this quantile of chi^2 with n_shape degrees of freedom (0.999: RMS 1.22 sigma
             for 100 components). Head-sized spheres and ellipsoids fit to 0.2 mm only with identities of
@@ -106,6 +107,7 @@ class RegistrationConfig:
     nicp_offset_prior: float = 1e-3
     coverage_radius: float = 0.002
     metric_gate: float = 0.01
+    metric_points: int = 15000
     max_median_mm: float = 1.5
     max_p95_mm: float = 5.0
     min_coverage: float = 0.9

@@ -240,16 +240,14 @@ class _Problem:
         cost = float((pairs.weight * rho).sum())
         ww = pairs.weight * w
         blocks = ww[:, None, None] * (pairs.normal[:, :, None] * pairs.normal[:, None, :] + POINT_WEIGHT * np.eye(3))
-        a = np.zeros((len(verts), 3, 3))
-        b = np.zeros((len(verts), 3))
-        np.add.at(a, pairs.vertex, blocks)
-        np.add.at(b, pairs.vertex, np.einsum("nij,nj->ni", blocks, d))
-        used = np.unique(pairs.vertex)
+        used, slot = np.unique(pairs.vertex, return_inverse=True)
+        a = _sum_by(slot, blocks.reshape(len(slot), 9), len(used)).reshape(-1, 3, 3)
+        b = _sum_by(slot, np.einsum("nij,nj->ni", blocks, d), len(used))
         jv = d_verts[torch.as_tensor(row_of[used])]  # (U, 3, P); row_of maps a vertex to its Jacobian row
         n_par = jv.shape[-1]
-        a_jv = torch.einsum("uab,ubp->uap", torch.as_tensor(a[used]), jv)
+        a_jv = torch.einsum("uab,ubp->uap", torch.as_tensor(a), jv)
         h = jv.reshape(-1, n_par).T @ a_jv.reshape(-1, n_par)
-        g = jv.reshape(-1, n_par).T @ torch.as_tensor(b[used]).reshape(-1)
+        g = jv.reshape(-1, n_par).T @ torch.as_tensor(b).reshape(-1)
         l_cost, rows, ld, lw = self._landmark_cost(lmk)
         if len(rows) and d_lmk is not None:
             jl = d_lmk[torch.as_tensor(rows)]
@@ -260,6 +258,11 @@ class _Problem:
         h = h + torch.diag(prior)
         g = g + prior * torch.as_tensor(x)
         return h, g, cost + l_cost + float((self.prior * x * x).sum())
+
+
+def _sum_by(slot: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n, C) sums of the rows of values (N, C) by slot (N,) in [0, n): np.add.at's result, ~10x faster."""
+    return np.stack([np.bincount(slot, weights=values[:, c], minlength=n) for c in range(values.shape[1])], axis=1)
 
 
 def _free_mask(n_shape: int, n_expr: int, coarse: bool, fit_scale: bool) -> np.ndarray:
