@@ -261,7 +261,8 @@ class _Problem:
 
 
 def _sum_by(slot: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """(n, C) sums of the rows of values (N, C) by slot (N,) in [0, n): np.add.at's result, ~10x faster."""
+    """(n, C) sums of the rows of values (N, C) by slot (N,) in [0, n): np.add.at's result, ~3x faster
+    (measured 2.9 -> 0.9 ms for 9k pairs on 5k vertices)."""
     return np.stack([np.bincount(slot, weights=values[:, c], minlength=n) for c in range(values.shape[1])], axis=1)
 
 
