@@ -35,6 +35,9 @@ def setup(tmp_path_factory, flame_1000):
     config = NetworkConfig(backbone="vit_small_patch14_dinov2", output_size=32, outputs=("normal", "uv"),
                            shared_backbone=True, head_width=16, head_depth=1, head_heads=2,
                            backbone_kwargs={"depth": 1, "embed_dim": 16, "num_heads": 2})
+    # seeded: torch's start seed differs per process, and some random networks predict nothing the fit can use
+    # (every pixel an outlier, no UV match), which leaves every shape at zero and the subjects indistinguishable
+    torch.manual_seed(0)
     save_priors(config, PriorNet(config).state_dict(), root / "priors.pt")
     return root, flame
 
@@ -71,7 +74,8 @@ def test_val_views_exported_with_truth_that_matches_the_images(setup):
         by_subject.setdefault(subjects[key], []).append(shape)
     assert all(np.allclose(group[0], group[1]) for group in by_subject.values())
     first, second = (group[0] for group in by_subject.values())
-    assert not np.allclose(first, second)
+    assert np.abs(first).max() > 1e-4 and np.abs(second).max() > 1e-4, "the fit did not move the shape"
+    assert not np.allclose(first, second, rtol=1e-6, atol=0)
     assert main(["eval", "--pred", str(out), "--gt", str(out / "inputs" / "gt"), "--flame", str(flame)]) == 0
     result = json.loads((out / "eval" / "eval.json").read_text())
     assert set(result["images"]) == set(samples) and result["summary"]["neutral"]["images"] == 4
