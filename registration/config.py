@@ -31,6 +31,12 @@ class RegistrationConfig:
         fit_max_step: no fitted vertex moves more than this many robust scales in one step (the
             correspondences a step is solved for only hold nearby).
         fit_jaw_starts: jaw openings (radians) the first stage starts from; the cheapest result goes on.
+        fit_recheck_jaw, fit_recheck_steps: a fit that ends with the jaw more than 0.15 rad below
+            `fit_recheck_jaw` runs its last two stages again (at most `fit_recheck_steps` LM steps each)
+            from that opening and keeps the cheaper result. The wide stages close an open mouth when the
+            head is far from the template (the closed template's lower lip settles on the scan's upper lip
+            and a longer identity reaches the chin: measured 2.2 mm median, 46 mm p95 on an open-jaw head
+            at FLAME's scale, accepted); the tight stages' cost tells the two apart. 0 turns it off.
         landmark_sigma: robust scale of the landmark term (landmarks are noisier than the surface).
         w_scan_to_model, w_model_to_scan, w_landmarks: data weights (landmarks are noisier: low weight).
         w_shape, w_expression, w_pose: Gaussian priors w |c|^2 on the coefficients in the model's own
@@ -63,6 +69,11 @@ class RegistrationConfig:
         max_fit_median_mm, max_fit_p95_mm: acceptance on the FLAME fit alone (before offsets): a scan
             FLAME cannot explain (badly misaligned, not a head) is rejected even when free offsets could
             bend onto it. The p95 allows for hair over the hairline (good stress scans reach 4.1 mm).
+        ambiguity_cost_ratio, max_ambiguity_mm: a registration is rejected as ambiguous when the other
+            fit of the jaw re-check costs less than `ambiguity_cost_ratio` times the kept one and its face
+            vertices differ from it by more than `max_ambiguity_mm` (p95): the scan does not pin the
+            registration down (an open mouth or a long chin), and a wrong one would pass every surface
+            distance. Re-checks that land near the kept fit differ by < 1 mm (p95).
         max_offset_p95_mm: the same idea on the NICP offsets, judged where the scan shows skin.
         scale_range: accepted range of the fitted scale relative to the initial alignment. With `w_scale`
             the fit moves it by a few percent at most; the rule catches a fit that blew up anyway (a
@@ -89,6 +100,8 @@ class RegistrationConfig:
     landmark_sigma: float = 0.015
     fit_max_step: float = 0.5
     fit_jaw_starts: tuple[float, ...] = (0.0, 0.25)
+    fit_recheck_jaw: float = 0.3
+    fit_recheck_steps: int = 15
     w_scan_to_model: float = 1.0
     w_model_to_scan: float = 1.0
     w_landmarks: float = 0.05
@@ -114,6 +127,8 @@ class RegistrationConfig:
     max_fit_median_mm: float = 3.0
     max_fit_p95_mm: float = 5.0
     max_offset_p95_mm: float = 6.0
+    ambiguity_cost_ratio: float = 1.05
+    max_ambiguity_mm: float = 10.0
     scale_range: tuple[float, float] = (0.6, 1.8)
     identity_quantile: float = 0.999
     seed: int = 0

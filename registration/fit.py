@@ -39,6 +39,8 @@ NORMAL_DOT = 0.3
 """Minimum cos angle between model and scan normals for a correspondence of the fit."""
 POINT_WEIGHT = 0.01
 """Point-to-point share next to point-to-plane in every pair (keeps sliding in check)."""
+RECHECK_MIN_CHANGE = 0.15
+"""The jaw re-check runs when the fit's jaw ends at least this far (radians) below the re-check opening."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class FitResult:
         vertices: (V, 3) aligned frame. converged: the last stage stopped because the cost settled
             (relative decrease below `fit_tolerance`), not because it ran out of iterations.
         loss: final cost. iterations: LM steps taken over all stages.
+        rival_cost_ratio, rival_p95_mm: the jaw re-check's other fit (see `fit_flame`): its cost over the
+            kept one's, and the p95 distance between the two over the data vertices (FLAME mm); nan when
+            no re-check ran.
     """
 
     shape: np.ndarray
@@ -79,6 +84,8 @@ class FitResult:
     converged: bool
     loss: float
     iterations: int = 0
+    rival_cost_ratio: float = float("nan")
+    rival_p95_mm: float = float("nan")
 
 
 def robust_cost(r2: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -375,7 +382,9 @@ def fit_flame(
     skin vertex outside `region`, e.g. scalp, are not pulled onto the face). Stages follow
     `config.fit_sigmas` / `config.fit_gates`; the first fits only the rigid pose, scale, jaw and the
     first identity components; the first two stages run once from each jaw opening of
-    `config.fit_jaw_starts` and the cheapest goes on. init: optional starting parameter vector (see
+    `config.fit_jaw_starts` and the cheapest goes on; a fit that ends with a closed jaw runs the last two
+    stages again from `config.fit_recheck_jaw` open, keeps the cheaper and reports the other as the rival
+    (`FitResult.rival_*`, judged by `register.acceptance`). init: optional starting parameter vector (see
     `_Problem`; then one start). core: (V,) bool, the data vertices of the wide stages (all but the
     last two); None = `region`. The forehead
     is left out there: at a wide robust scale, hair over the hairline (5-20 mm out) would pull it and
@@ -411,12 +420,24 @@ def fit_flame(
                                                data, config, fit_scale)
         iterations += steps
         budget.used += steps
+    rival = (float("nan"), float("nan"))
+    if config.fit_recheck_jaw > 0 and x[jaw] < config.fit_recheck_jaw - RECHECK_MIN_CHANGE:
+        # the tight stages again from an open jaw: the wide stages close an open mouth far from the template
+        y, y_cost, y_converged = _with(x, jaw, config.fit_recheck_jaw), float("nan"), False
+        for k in range(max(0, len(stages) - 2), len(stages)):
+            y, y_cost, y_converged, steps = _run_stage(problem, y, stages[k], k, config.fit_recheck_steps, region,
+                                                       core, skin, faces, data, config, fit_scale)
+            iterations += steps
+        if y_cost < cost:
+            x, y, cost, y_cost, converged = y, x, y_cost, cost, y_converged
+        moved = np.linalg.norm(problem.forward(x)[0][region] - problem.forward(y)[0][region], axis=1)
+        rival = (float(y_cost / cost), float(np.quantile(moved, 0.95) / np.exp(x[-1]) * 1e3))
     verts, _ = problem.forward(x)
     n = flame.n_shape + flame.n_expression
     return FitResult(
         shape=x[: flame.n_shape].copy(), expression=x[flame.n_shape : n].copy(), pose=x[n : n + 15].copy(),
         translation=x[n + 15 : n + 18].copy(), log_scale=float(x[-1]), vertices=verts, converged=converged,
-        loss=cost, iterations=iterations,
+        loss=cost, iterations=iterations, rival_cost_ratio=rival[0], rival_p95_mm=rival[1],
     )
 
 

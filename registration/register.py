@@ -285,6 +285,7 @@ def _metrics(
         "coverage": cov, "scale_change": scale, "n_shape": n_shape,
         "identity_rms_sigma": float(np.linalg.norm(fit.shape) / np.sqrt(max(n_shape, 1))),
         "align_score_mm": align_score * 1e3 if np.isfinite(align_score) else float("nan"),
+        "rival_cost_ratio": fit.rival_cost_ratio, "rival_p95_mm": fit.rival_p95_mm,
     }
 
 
@@ -302,8 +303,10 @@ def acceptance(metrics: dict, config: RegistrationConfig, finite: bool = True) -
     Rules, in order: finite vertices; "scale_change" within `scale_range`; a plausible identity
     ("identity_rms_sigma" against :func:`identity_limit`); the FLAME fit alone ("fit_median_mm",
     "fit_p95_mm": a scan FLAME cannot explain is rejected even when free offsets could bend onto it);
-    "coverage"; the final "median_mm" and "p95_mm"; "offset_p95_mm". Every test reads
-    `not value <= limit`, so a NaN metric breaks its rule instead of passing it.
+    "coverage"; the final "median_mm" and "p95_mm"; "offset_p95_mm"; last, ambiguity ("rival_cost_ratio",
+    "rival_p95_mm": the jaw re-check found a nearly as cheap fit far from the kept one). Every test but the
+    last reads `not value <= limit`, so a NaN metric breaks its rule instead of passing it; the rival's
+    metrics are NaN when no re-check ran, and then there is no rival to be ambiguous with.
 
     Args:
         metrics: the registration's metrics (see `Registration`); only the keys above (and "n_shape")
@@ -334,6 +337,10 @@ def acceptance(metrics: dict, config: RegistrationConfig, finite: bool = True) -
         return f"p95 {metrics['p95_mm']:.3g} mm > {config.max_p95_mm} mm"
     if not metrics["offset_p95_mm"] <= config.max_offset_p95_mm:
         return f"NICP offsets p95 {metrics['offset_p95_mm']:.3g} mm > {config.max_offset_p95_mm} mm"
+    ratio, rival_mm = metrics.get("rival_cost_ratio", np.nan), metrics.get("rival_p95_mm", np.nan)
+    if ratio < config.ambiguity_cost_ratio and rival_mm > config.max_ambiguity_mm:
+        return (f"ambiguous: a fit with the jaw set otherwise costs only {100 * (ratio - 1):.1f} % more and differs "
+                f"by {rival_mm:.3g} mm (p95) over the face: the scan does not pin the mouth and chin down")
     return None
 
 

@@ -92,3 +92,18 @@ def test_identity_limit_follows_chi_square():
     assert identity_limit(10, 0.999) > identity_limit(100, 0.999) > identity_limit(300, 0.999)
     rms = np.linalg.norm(np.random.default_rng(0).normal(size=(20000, 100)), axis=1) / 10.0
     assert (rms > identity_limit(100, 0.999)).mean() < 0.003
+
+
+def test_a_nearly_as_cheap_rival_far_away_is_ambiguous():
+    # the jaw re-check's other fit costs 1.1 % more and sits 41 mm away (an open-jaw head at FLAME's scale,
+    # whose kept fit passed every surface distance): rejected, the rule last and with its figures
+    rival = {"rival_cost_ratio": 1.011, "rival_p95_mm": 41.1}
+    assert acceptance({**GOOD, **rival}, CONFIG) == (
+        "ambiguous: a fit with the jaw set otherwise costs only 1.1 % more and differs by 41.1 mm (p95) over the "
+        "face: the scan does not pin the mouth and chin down")
+    assert acceptance({**GOOD, **rival, "median_mm": 1.75}, CONFIG) == "median 1.75 mm > 1.5 mm"
+    # a rival that lands on the kept fit, a far one that costs clearly more, and no re-check at all pass
+    assert acceptance({**GOOD, "rival_cost_ratio": 1.007, "rival_p95_mm": 0.6}, CONFIG) is None
+    assert acceptance({**GOOD, "rival_cost_ratio": 1.19, "rival_p95_mm": 42.4}, CONFIG) is None
+    assert acceptance({**GOOD, "rival_cost_ratio": math.nan, "rival_p95_mm": math.nan}, CONFIG) is None
+    assert acceptance({**GOOD, **rival}, RegistrationConfig(ambiguity_cost_ratio=1.01)) is None
